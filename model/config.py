@@ -1,0 +1,227 @@
+"""ModelConfig: one frozen, validated dataclass per model, and the named presets.
+
+Every field is a plain Python value (str, int, float, bool, None) so that a config round-trips
+through JSON with the run directory and can be overridden by dotted keys from the command line.
+
+    cfg = get_preset("shakespeare-char-cpu")
+    cfg = cfg.replace(n_layers=2, positions="rotary")   # validated again
+
+Invalid configs raise one ``ValueError`` that names the field and the fix, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+IMPLEMENTATIONS = ("auto", "reference", "xla", "chunked", "cudnn", "pallas")
+POSITIONS = ("learned", "sinusoidal", "rotary", "none")
+VALUE_MAPS = ("factored", "full")
+NORMS = ("layernorm", "rmsnorm")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT = ("none", "full", "dots")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer language model. Sizes use the lecture's letters (D, H, Dh, L, V)."""
+
+    vocab_size: int = 65  # V: tokens in the vocabulary
+    max_len: int = 64  # T_max: the longest sequence (context window, nanoGPT's block_size)
+    n_layers: int = 4  # L: blocks in the residual stream
+    d_model: int = 128  # D: width of the residual stream
+    n_heads: int = 4  # H: query heads per block
+    d_head: int | None = None  # Dh: width of one head; None means d_model // n_heads
+    n_kv_heads: int | None = None  # heads of keys and values (GQA/MQA); None means n_heads
+    d_mlp: int | None = None  # hidden width of the MLP; None means 4 * d_model
+    value_map: str = (
+        "factored"  # 'factored': value_down D->Dh then value_up Dh->D; 'full': one D x D per head
+    )
+    positions: str = "learned"  # 'learned' | 'sinusoidal' | 'rotary' | 'none'
+    rope_base: float = 10000.0  # base of the rotary frequencies
+    mlp: bool = True  # False gives attention-only blocks (the induction-head models)
+    causal: bool = True  # the causal mask; False lets later tokens speak to earlier ones (an ablation)
+    sliding_window: int | None = None  # each query sees at most this many keys (itself included)
+    dropout: float = 0.0  # dropout on embeddings and on each residual branch's output
+    attention_dropout: float = (
+        0.0  # dropout on the attention pattern (forces the 'reference' path in training)
+    )
+    tie_embeddings: bool = True  # unembedding = embedding transposed (nanoGPT, GPT-2) or its own matrix
+    norm: str = "layernorm"  # 'layernorm' | 'rmsnorm'
+    use_bias: bool = False  # biases in projections and norms (GPT-2/3 have them; nanoGPT's runs do not)
+    dtype: str = "float32"  # compute dtype of matmuls; softmax, norms and the loss stay float32
+    param_dtype: str = "float32"  # storage dtype of parameters
+    scan_layers: bool = True  # one compiled block scanned L times (fast compiles) or L unrolled blocks
+    remat: str = "none"  # rematerialisation of each block: 'none' | 'full' | 'dots' (save matmul outputs)
+    attention_impl: str = (
+        "auto"  # see model.attention.attention: 'auto' | 'reference' | 'xla' | 'chunked' ...
+    )
+    init_std: float = 0.02  # std of the normal initialiser of matrices (GPT-2)
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = _FIELD_TYPES[f.name]
+            if value is None and type(None) in expected:
+                continue
+            if isinstance(value, bool) and bool not in expected:
+                raise ValueError(
+                    f"ModelConfig.{f.name}={value!r}: expected {_type_names(expected)}, got a bool"
+                )
+            if int in expected and float in expected and isinstance(value, int):
+                continue
+            if not isinstance(value, expected):
+                raise ValueError(
+                    f"ModelConfig.{f.name}={value!r}: expected {_type_names(expected)}, got {type(value).__name__}"
+                )
+        positive = ["vocab_size", "max_len", "n_layers", "d_model", "n_heads", "rope_base"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"ModelConfig.{name}={getattr(self, name)}: must be positive; set it to a value > 0"
+                )
+        for name in ["d_head", "n_kv_heads", "d_mlp", "sliding_window"]:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"ModelConfig.{name}={value}: must be positive (or None for the default)")
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"ModelConfig.n_heads={self.n_heads} does not divide d_model={self.d_model}: "
+                f"choose n_heads among the divisors of d_model, or set d_head explicitly"
+            )
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"ModelConfig.n_kv_heads={self.kv_heads} does not divide n_heads={self.n_heads}: "
+                f"n_heads must be a multiple of n_kv_heads (1 gives multi-query attention)"
+            )
+        if self.mlp and self.mlp_dim <= 0:
+            raise ValueError(f"ModelConfig.d_mlp={self.d_mlp}: must be positive")
+        for name, allowed in [
+            ("value_map", VALUE_MAPS),
+            ("positions", POSITIONS),
+            ("norm", NORMS),
+            ("dtype", DTYPES),
+            ("param_dtype", DTYPES),
+            ("remat", REMAT),
+            ("attention_impl", IMPLEMENTATIONS),
+        ]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"ModelConfig.{name}={getattr(self, name)!r}: unknown; choose one of {allowed}"
+                )
+        for name in ["dropout", "attention_dropout"]:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)}: must be in [0, 1)")
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"ModelConfig.d_head={self.head_dim}: rotary positions need an even head width")
+        if self.init_std <= 0:
+            raise ValueError(f"ModelConfig.init_std={self.init_std}: must be positive")
+
+    # ------------------------------------------------------------------ helpers
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with ``changes`` applied and validated; an unknown field raises ValueError."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(
+                f"ModelConfig has no field {unknown[0]!r}; known fields: {', '.join(f.name for f in fields(self))}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"ModelConfig has no field {unknown[0]!r}; remove it or check its spelling")
+        return cls(**d)
+
+    def check_length(self, length: int) -> None:
+        """Raise if a sequence of ``length`` tokens does not fit the positional table."""
+        if length > self.max_len:
+            raise ValueError(
+                f"sequence length {length} exceeds ModelConfig.max_len={self.max_len}: "
+                f"shorten the input or raise max_len"
+            )
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "vocab_size": (int,),
+    "max_len": (int,),
+    "n_layers": (int,),
+    "d_model": (int,),
+    "n_heads": (int,),
+    "d_head": (int, type(None)),
+    "n_kv_heads": (int, type(None)),
+    "d_mlp": (int, type(None)),
+    "value_map": (str,),
+    "positions": (str,),
+    "rope_base": (float, int),
+    "mlp": (bool,),
+    "causal": (bool,),
+    "sliding_window": (int, type(None)),
+    "dropout": (float, int),
+    "attention_dropout": (float, int),
+    "tie_embeddings": (bool,),
+    "norm": (str,),
+    "use_bias": (bool,),
+    "dtype": (str,),
+    "param_dtype": (str,),
+    "scan_layers": (bool,),
+    "remat": (str,),
+    "attention_impl": (str,),
+    "init_std": (float, int),
+}
+assert set(_FIELD_TYPES) == {f.name for f in fields(ModelConfig)}, "every field needs its type"
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+# ---------------------------------------------------------------------- presets
+# nanoGPT's shakespeare-char models (config/train_shakespeare_char.py and its documented CPU run),
+# GPT-2 small (Radford et al. 2019) and GPT-3 175B (Brown et al. 2020, Table 2.1).
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(vocab_size=64, max_len=32, n_layers=2, d_model=32, n_heads=4),
+    "shakespeare-char-cpu": ModelConfig(vocab_size=65, max_len=64, n_layers=4, d_model=128, n_heads=4),
+    "shakespeare-char": ModelConfig(
+        vocab_size=65, max_len=256, n_layers=6, d_model=384, n_heads=6, dropout=0.2, attention_dropout=0.0
+    ),
+    "gpt2-small": ModelConfig(
+        vocab_size=50257, max_len=1024, n_layers=12, d_model=768, n_heads=12, use_bias=True, dropout=0.1
+    ),
+    "gpt3-175b": ModelConfig(
+        vocab_size=50257,
+        max_len=2048,
+        n_layers=96,
+        d_model=12288,
+        n_heads=96,
+        d_head=128,
+        d_mlp=4 * 12288,
+        use_bias=True,
+        dtype="bfloat16",
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
