@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-IMPLEMENTATIONS = ("auto", "reference", "xla", "chunked", "cudnn", "pallas")
+IMPLEMENTATIONS = ("auto", "reference", "xla", "chunked", "ring", "cudnn", "pallas")
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
 VALUE_MAPS = ("factored", "full")
 NORMS = ("layernorm", "rmsnorm")
