@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from model import attention as attn
 from model.config import ModelConfig
 from model.positions import apply_rotary
+from model.sharding import with_logical_constraint as constrain
 
 # Logical axes of every parameter, by name. Scanned models put 'layers' in front of block parameters.
 LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
@@ -96,6 +97,11 @@ class MultiHeadAttention(nn.Module):
 
         xc = x.astype(cdt)
         q, k, v = attn.project_qkv(xc, query.astype(cdt), key.astype(cdt), value_down.astype(cdt))
+        # Sharding hints (no-ops outside model.sharding.use_mesh): heads split under tensor parallelism,
+        # length under sequence parallelism, so the compiler gathers weights rather than activations.
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", None))
         if cfg.use_bias:
             q = q + self.param("query_bias", zeros, (h, dh), pdt).astype(cdt)
             k = k + self.param("key_bias", zeros, (g, dh), pdt).astype(cdt)
@@ -165,7 +171,7 @@ class MLP(nn.Module):
         h = x.astype(cdt) @ fc_in.astype(cdt)
         if cfg.use_bias:
             h = h + self.param("fc_in_bias", zeros, (cfg.mlp_dim,), pdt).astype(cdt)
-        h = nn.gelu(h, approximate=True)
+        h = constrain(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
         y = h @ fc_out.astype(cdt)
         if cfg.use_bias:
             y = y + self.param("fc_out_bias", zeros, (cfg.d_model,), pdt).astype(cdt)
@@ -186,6 +192,7 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array):
         cfg = self.config
+        x = constrain(x, ("batch", "length", "act_embed"))  # the residual stream; no-op outside use_mesh
         drop = nn.Dropout(rate=cfg.dropout, deterministic=self.deterministic)
         a = MultiHeadAttention(cfg, self.deterministic, self.decode, self.sow_attention, name="attention")(
             make_norm(cfg, "norm_attention")(x), positions

@@ -25,6 +25,7 @@ import optax
 from model.config import ModelConfig
 from model.layers import Block, _normal, dtype_of, make_norm
 from model.positions import sinusoidal_table
+from model.sharding import with_logical_constraint as constrain
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing inside a block; recompute it all in the backward pass
@@ -58,7 +59,10 @@ class Transformer(nn.Module):
         embed = nn.Embed(
             cfg.vocab_size, cfg.d_model, embedding_init=_normal(cfg.init_std), param_dtype=pdt, name="embed"
         )
-        x = embed(tokens).astype(jnp.float32)  # [B, T, D] the residual stream, kept in float32
+        # FSDP gathers the table's width before the lookup (a gather from a width-sharded table into a
+        # batch-sharded stream is a reshard the partitioner does badly); tensor parallelism keeps its vocab split.
+        table = constrain(embed.embedding, ("vocab", None))  # [V, D]
+        x = constrain(jnp.take(table, tokens, axis=0).astype(jnp.float32), ("batch", "length", "act_embed"))
         if positions is None:
             if decode:  # the next position to fill is the number of tokens decoded so far
                 index = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
@@ -100,7 +104,7 @@ class Transformer(nn.Module):
         else:
             w = self.param("unembed", _normal(cfg.init_std), (cfg.d_model, cfg.vocab_size), pdt)
             logits = x.astype(dtype_of(cfg.dtype)) @ w.astype(dtype_of(cfg.dtype))
-        return logits.astype(jnp.float32)
+        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))  # no-op outside use_mesh
 
 
 def next_token_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array | None = None) -> jax.Array:
