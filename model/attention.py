@@ -49,9 +49,7 @@ def repeat_kv(x: Array, n_heads: int) -> Array:
     """
     g = x.shape[2]
     if n_heads % g:
-        raise ValueError(
-            f"{g} key/value heads do not divide {n_heads} query heads: use a divisor of {n_heads}"
-        )
+        raise ValueError(f"{g} key/value heads do not divide {n_heads} query heads: use a divisor of {n_heads}")
     if g == n_heads:
         return x
     return einops.repeat(x, "b k g d -> b k (g r) d", r=n_heads // g)
@@ -114,9 +112,7 @@ def padding_mask(
     return keep
 
 
-def sliding_window_mask(
-    q_len: int, k_len: int, window: int, q_offset: int | Array = 0, causal: bool = True
-) -> Array:
+def sliding_window_mask(q_len: int, k_len: int, window: int, q_offset: int | Array = 0, causal: bool = True) -> Array:
     """Each query sees only keys less than ``window`` positions away (itself included).
 
     Causal: keys ``q_pos - window < k_pos <= q_pos`` (Mistral's local attention). Not causal:
@@ -281,11 +277,13 @@ _logged_choices: set[tuple] = set()
 
 
 def select_implementation(
-    q_shape: tuple[int, ...], dtype, backend: str | None = None, *, need_pattern: bool = False
+    q_shape: tuple[int, ...], dtype, backend: str | None = None, *, need_pattern: bool = False, **mask_info
 ) -> str:
     """The implementation that 'auto' resolves to on this backend for these shapes.
 
-    The choice is logged once per (backend, choice). Overridden by passing an explicit implementation.
+    ``mask_info`` (k_len, causal, window, per_batch_offset, q_offset_zero, has_padding) goes to
+    ``model.kernels.auto_choice``. The choice is logged once per (backend, choice). Overridden by
+    passing an explicit implementation.
     """
     backend = backend or jax.default_backend()
     _load_kernels()
@@ -294,7 +292,7 @@ def select_implementation(
     else:
         from model.kernels import auto_choice
 
-        choice = auto_choice(q_shape, jnp.dtype(dtype), backend)
+        choice = auto_choice(q_shape, jnp.dtype(dtype), backend, **mask_info)
     if (backend, choice) not in _logged_choices:
         _logged_choices.add((backend, choice))
         log.info("attention implementation 'auto' -> %r on backend %r", choice, backend)
@@ -342,7 +340,17 @@ def attention(
     use_dropout = dropout_rate > 0.0 and dropout_rng is not None
 
     if implementation == "auto":
-        implementation = select_implementation(q.shape, q.dtype, need_pattern=return_pattern or use_dropout)
+        implementation = select_implementation(
+            q.shape,
+            q.dtype,
+            need_pattern=return_pattern or use_dropout,
+            k_len=k_len,
+            causal=causal,
+            window=window,
+            per_batch_offset=jnp.ndim(q_offset) > 0,
+            q_offset_zero=isinstance(q_offset, int) and q_offset == 0,
+            has_padding=kv_lengths is not None or q_lengths is not None,
+        )
     if (return_pattern or use_dropout) and implementation != "reference":
         raise ValueError(
             f"implementation={implementation!r} cannot return or drop out the attention pattern; "

@@ -1,16 +1,103 @@
-"""Alternative attention implementations behind ``model.attention.attention``.
+"""Alternative attention implementations behind ``model.attention.attention``, and what 'auto' means.
 
-Each module registers itself with ``model.attention.register_implementation`` on import.
-``auto_choice`` is what ``implementation='auto'`` resolves to per backend.
+Each module registers itself with ``model.attention.register_implementation`` on import:
+chunked.py ('chunked'), accelerators.py ('cudnn', 'pallas'), ring.py (sequence-parallel, when present).
+
+What ``implementation='auto'`` picks (:func:`auto_choice`), and why:
+
+- CPU: 'reference' (dense einsum + masked softmax) while the score matrix is small, 'chunked' from
+  ``Q * K >= CPU_CHUNKED_MIN_QK`` on. Measured with ``python -m experiments.bench_attention`` on the 2-core
+  AVX-512 machine (B=4, H=8, Dh=64, causal, fp32, fwd+bwd): below ~512 x 512 the dense path is a
+  handful of large fused ops and wins (its [B,H,T,T] temporaries still fit in cache/memory); from
+  T=512 on the chunked kernel wins and the gap grows with T (it skips the masked half of the blocks
+  and its memory is O(T)), e.g. ~2x at T=1024 and ~3x at T=4096 against the dense path, while the
+  dense path's memory grows as T^2 (8.4 GiB at T=4096). 'xla' (jax.nn.dot_product_attention) is never
+  chosen on CPU: it is the slowest path there. A decode step (Q=1) stays 'reference'.
+- GPU: 'cudnn' (cuDNN flash attention) for float16/bfloat16 with a head width it takes and a mask it
+  supports (:func:`model.kernels.accelerators.cudnn_supports`); otherwise 'chunked' for long
+  sequences (memory O(T)) and 'xla' for short ones. (Not measured here: no GPU on this machine.)
+- TPU: 'pallas' (splash attention) where its block constraints hold
+  (:func:`model.kernels.accelerators.pallas_supports`); otherwise as on GPU. (Not measured here.)
+
+A model overrides the choice with ``ModelConfig.attention_impl``; the choice is logged once per
+(backend, choice) by ``model.attention.select_implementation``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import jax.numpy as jnp
 
+from model.kernels import accelerators, chunked  # noqa: F401  (register 'chunked', 'cudnn', 'pallas')
+from model.kernels.accelerators import cudnn_supports, pallas_supports
 
-def auto_choice(q_shape: tuple[int, ...], dtype, backend: str) -> str:
-    """The implementation 'auto' picks for queries of ``q_shape`` ([B, Q, H, Dh]) and ``dtype`` on ``backend``."""
-    if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-        return "xla"
+if importlib.util.find_spec("model.kernels.ring") is not None:  # written separately; registers 'ring'
+    from model.kernels import ring  # noqa: F401
+
+# 'auto' on CPU switches from the dense reference to the chunked kernel at this many scores per head
+# (Q * K); see the module docstring for the measurement behind it.
+CPU_CHUNKED_MIN_QK = 512 * 512
+# On GPU/TPU, when the vendor kernel cannot take a call, dense XLA up to this many scores per head
+# and the chunked kernel beyond (dense memory grows as Q * K).
+ACCEL_CHUNKED_MIN_QK = 4096 * 4096
+
+
+def auto_choice(
+    q_shape: tuple[int, ...],
+    dtype,
+    backend: str,
+    *,
+    k_len: int | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    per_batch_offset: bool = False,
+    q_offset_zero: bool = True,
+    has_padding: bool = False,
+) -> str:
+    """The implementation 'auto' picks for queries ``q_shape`` ([B, Q, H, Dh]) of ``dtype`` on ``backend``.
+
+    The keyword arguments describe the keys and the mask (K, causal, sliding window, a per-batch
+    decode offset, whether q_offset is 0, padding lengths); without them the call is taken to be
+    self-attention (K = Q) with no mask, which is what the accelerator rules need to know.
+    """
+    if len(q_shape) != 4:
+        raise ValueError(f"auto_choice: q_shape must be [batch, length, heads, head_dim], got {q_shape}")
+    q_len = q_shape[1]
+    k_len = q_len if k_len is None else k_len
+    scores = q_len * k_len
+    dtype = jnp.dtype(dtype)
+    if backend == "gpu":
+        why = cudnn_supports(
+            q_shape,
+            dtype,
+            k_len=k_len,
+            causal=causal,
+            window=window,
+            per_batch_offset=per_batch_offset,
+            q_offset_zero=q_offset_zero,
+        )
+        if why is None:
+            return "cudnn"
+        return "chunked" if scores >= ACCEL_CHUNKED_MIN_QK else "xla"
+    if backend == "tpu":
+        why = pallas_supports(
+            q_shape,
+            dtype,
+            "tpu",
+            k_len=k_len,
+            causal=causal,
+            window=window,
+            per_batch_offset=per_batch_offset,
+            has_padding=has_padding,
+        )
+        if why is None:
+            return "pallas"
+        return "chunked" if scores >= ACCEL_CHUNKED_MIN_QK else "xla"
+    # CPU (and any other backend): measured, see the module docstring.
+    if q_len > 1 and scores >= CPU_CHUNKED_MIN_QK:
+        return "chunked"
     return "reference"
+
+
+__all__ = ["ACCEL_CHUNKED_MIN_QK", "CPU_CHUNKED_MIN_QK", "auto_choice"]

@@ -1,0 +1,497 @@
+"""Chunked attention: online softmax over key/value blocks, O(T) memory, masked blocks skipped.
+
+The flash-attention recurrence (Milakov & Gimelshein 2018; Dao et al. 2022, FlashAttention-2 2023) in
+pure JAX, behind ``attention(..., implementation='chunked')``::
+
+    for each query block i:                      (lax.scan over query blocks)
+        m, l, acc = -inf, 0, 0                   running row max, row sum, unnormalised output
+        for each key block j that block i sees:  (lax.fori_loop with bounds computed per i)
+            s = q_i k_j^T * scale                [B, G, R*bq, bk]  only this block of scores exists
+            m, l, acc = online_softmax_update(m, l, acc, s, v_j)
+        out_i, lse_i = acc / l, m + log l
+
+The backward pass (a ``jax.custom_vjp``) stores only the output and the log-sum-exp per row and
+recomputes each block's pattern ``p = exp(s - lse)``: ``dv += p^T do``, ``ds = p * (do v^T - delta)``,
+``dk += ds^T q``, ``dq += ds k`` with ``delta = rowsum(do * out)`` (FlashAttention-2's backward), looping
+over key blocks outside and the query blocks that see them inside. No ``[Q, K]`` array is ever built;
+extra memory is O(T * block).
+
+Axis letters as in model/attention.py; R = H // G query heads per key/value head. Grouped-query
+attention never repeats k/v: the R query heads that share a key/value head are stacked into the rows
+of one matmul (``[R*bq, Dh] x [Dh, bk]``).
+
+Masks are never materialised in full: each block's mask is computed from positions (iota) and only
+for blocks that are partly masked; wholly visible blocks run a mask-free body (a ``lax.cond``), and
+wholly masked blocks are not visited at all (the loop bounds come from causal, window, q_offset and
+kv_lengths), so causal attention does about half the FLOPs of full attention.
+
+Small importable pieces (reused by ring attention): :func:`block_scores`, :func:`online_softmax_update`,
+:func:`finalize`, :func:`block_grads`, :func:`block_mask`, :class:`MaskInfo`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from model.attention import default_scale, register_implementation
+
+Array = jax.Array
+
+# Default block sizes, measured on a 2-core AVX-512 CPU (experiments/bench_attention.py): big blocks
+# make each matmul efficient; the causal diagonal wastes at most one block per query block.
+BLOCK_Q = 512
+BLOCK_K = 512
+
+
+# ---------------------------------------------------------------------------- masks per block
+@dataclass(frozen=True)
+class MaskInfo:
+    """What decides which (query, key) pairs may attend; the dynamic parts are int32 arrays.
+
+    q_offset: ``[B or 1]`` absolute position of query 0; kv_lengths: ``[B]`` or None; k_len: real number
+    of keys (keys at or beyond it are padding added to fill a block). causal / window as in
+    model.attention.make_mask.
+    """
+
+    causal: bool
+    window: int | None
+    k_len: int
+    q_offset: Array
+    kv_lengths: Array | None
+
+    def key_range(self, q_min: Array, q_max: Array) -> tuple[Array, Array]:
+        """Keys ``[lo, hi)`` that some query with position in ``[q_min, q_max]`` may see (any batch row)."""
+        lo = jnp.int32(0)
+        hi = jnp.int32(self.k_len)
+        if self.causal:
+            hi = jnp.minimum(hi, q_max + 1)
+        elif self.window is not None:
+            hi = jnp.minimum(hi, q_max + self.window)
+        if self.window is not None:
+            lo = jnp.maximum(lo, q_min - self.window + 1)
+        if self.kv_lengths is not None:
+            hi = jnp.minimum(hi, jnp.max(self.kv_lengths))
+        return lo, jnp.maximum(hi, lo)
+
+    def full_range(self, q_min: Array, q_max: Array, block: int) -> tuple[Array, Array]:
+        """Key blocks ``[f_lo, f_hi)`` (of size ``block``) that every query in ``[q_min, q_max]`` sees wholly.
+
+        Blocks outside it are partly (or wholly) masked; the visible set is an interval because each
+        mask bounds the keys from below or from above.
+        """
+        first = jnp.int32(0)  # smallest key every query sees
+        last = jnp.int32(self.k_len - 1)  # largest key every query sees
+        if self.causal:
+            last = jnp.minimum(last, q_min)
+        if self.window is not None:
+            first = jnp.maximum(first, q_max - self.window + 1)
+            if not self.causal:
+                last = jnp.minimum(last, q_min + self.window - 1)
+        if self.kv_lengths is not None:
+            last = jnp.minimum(last, jnp.min(self.kv_lengths) - 1)
+        f_lo = (first + block - 1) // block
+        f_hi = jnp.maximum((last + 1) // block, 0)
+        return f_lo, f_hi
+
+
+def block_mask(info: MaskInfo, q_pos: Array, k_pos: Array) -> Array:
+    """Which pairs of one block may attend: q_pos ``[B or 1, Rq]`` and k_pos ``[bk]`` absolute positions.
+
+    Returns bool ``[B or 1, 1, Rq, bk]`` (True keeps), broadcasting over the kv-head axis of the scores.
+    """
+    qp = q_pos[:, None, :, None]
+    kp = k_pos[None, None, None, :]
+    keep = kp < info.k_len
+    if info.causal:
+        keep = keep & (kp <= qp)
+    if info.window is not None:
+        keep = keep & (kp > qp - info.window)
+        if not info.causal:
+            keep = keep & (kp < qp + info.window)
+    if info.kv_lengths is not None:
+        keep = keep & (kp < info.kv_lengths[:, None, None, None])
+    return keep
+
+
+# ---------------------------------------------------------------------------- per-block math
+def block_scores(q_blk: Array, k_blk: Array, scale: float) -> Array:
+    """Scaled scores of one block: q ``[B, G, Rq, Dh]``, k ``[B, G, bk, Dh]`` -> ``[B, G, Rq, bk]`` float32."""
+    s = jnp.einsum("bgqd,bgkd->bgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+    return s * jnp.float32(scale)
+
+
+def online_softmax_update(m: Array, l: Array, acc: Array, s: Array, v_blk: Array) -> tuple[Array, Array, Array]:
+    """Fold one block of (already masked, -inf = masked) scores into the running softmax.
+
+    m, l: ``[B, G, Rq]`` running row max and row sum of exp(s - m); acc: ``[B, G, Rq, Dv]`` running
+    sum of exp(s - m) v, all float32. s: ``[B, G, Rq, bk]``; v_blk ``[B, G, bk, Dv]``.
+    A row that has seen only masked keys keeps m = -inf, l = 0, acc = 0 (never NaN).
+    """
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # all masked so far: exp(-inf - 0) = 0, not NaN
+    alpha = jnp.exp(m - m_use)
+    p = jnp.exp(s - m_use[..., None])
+    l = alpha * l + jnp.sum(p, axis=-1)
+    pv = jnp.einsum("bgqk,bgkd->bgqd", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
+    return m_new, l, alpha[..., None] * acc + pv
+
+
+def finalize(m: Array, l: Array, acc: Array) -> tuple[Array, Array]:
+    """Output ``acc / l`` (0 for wholly masked rows) and log-sum-exp ``m + log l`` (+inf for them)."""
+    alive = l > 0.0
+    out = acc / jnp.where(alive, l, 1.0)[..., None]
+    lse = jnp.where(alive, m + jnp.log(jnp.where(alive, l, 1.0)), jnp.inf)
+    return out, lse
+
+
+def merge_partials(out_a: Array, lse_a: Array, out_b: Array, lse_b: Array) -> tuple[Array, Array]:
+    """Combine two normalised partial results over disjoint key sets (e.g. ring attention hops).
+
+    out ``[..., Rq, Dv]`` float32 and lse ``[..., Rq]`` as returned by :func:`finalize`; a partial that saw
+    only masked keys (lse = +inf, out = 0) is ignored, and a row masked in both stays 0 with lse = +inf.
+    """
+    a_dead, b_dead = jnp.isinf(lse_a), jnp.isinf(lse_b)
+    la = jnp.where(a_dead, -jnp.inf, lse_a)
+    lb = jnp.where(b_dead, -jnp.inf, lse_b)
+    m = jnp.maximum(la, lb)
+    m_use = jnp.where(m == -jnp.inf, 0.0, m)
+    wa, wb = jnp.exp(la - m_use), jnp.exp(lb - m_use)
+    tot = wa + wb
+    alive = tot > 0.0
+    tot_safe = jnp.where(alive, tot, 1.0)
+    out = (wa[..., None] * out_a + wb[..., None] * out_b) / tot_safe[..., None]
+    lse = jnp.where(alive, m_use + jnp.log(tot_safe), jnp.inf)
+    return out, lse
+
+
+def block_grads(
+    q_blk: Array,
+    k_blk: Array,
+    v_blk: Array,
+    do_blk: Array,
+    lse_blk: Array,
+    delta_blk: Array,
+    scale: float,
+    mask: Array | None = None,
+) -> tuple[Array, Array, Array]:
+    """Gradient contributions of one (query block, key block) pair, recomputing its pattern.
+
+    q/do ``[B, G, Rq, Dh]``, k/v ``[B, G, bk, Dh]``, lse/delta ``[B, G, Rq]`` float32 (delta =
+    rowsum(do * out)), mask ``[B|1, 1, Rq, bk]`` or None. Returns (dq ``[B,G,Rq,Dh]``, dk, dv
+    ``[B,G,bk,Dh]``) float32, scale already applied to dq and dk.
+
+    The block is computed transposed, keys by queries (``[bk, Rq]``): then dv = p^T do and
+    dk = ds^T q are plain (N, N) matmuls, which XLA:CPU runs ~1.5x faster than ones contracting
+    the lhs's second-to-last axis; only dq keeps that form.
+    """
+    st = jnp.einsum("bgkd,bgqd->bgkq", k_blk, q_blk, preferred_element_type=jnp.float32) * jnp.float32(scale)
+    if mask is not None:
+        st = jnp.where(jnp.swapaxes(mask, -1, -2), st, -jnp.inf)
+    pt = jnp.exp(st - lse_blk[..., None, :])  # the block's attention pattern, recomputed, transposed
+    dv = jnp.einsum("bgkq,bgqd->bgkd", pt.astype(do_blk.dtype), do_blk, preferred_element_type=jnp.float32)
+    dpt = jnp.einsum("bgkd,bgqd->bgkq", v_blk, do_blk, preferred_element_type=jnp.float32)
+    dst = (pt * (dpt - delta_blk[..., None, :])).astype(q_blk.dtype)
+    dk = jnp.einsum("bgkq,bgqd->bgkd", dst, q_blk, preferred_element_type=jnp.float32) * jnp.float32(scale)
+    dq = jnp.einsum("bgkq,bgkd->bgqd", dst, k_blk, preferred_element_type=jnp.float32) * jnp.float32(scale)
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------- block layout
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _plan(length: int, block: int) -> tuple[int, int]:
+    """(block size, number of blocks): blocks of at most ``block`` that waste the least padding."""
+    n = _cdiv(length, block)
+    return _cdiv(length, n), n
+
+
+def _q_blocks(x: Array, n: int, bq: int, g: int) -> Array:
+    """``[B, Q, H, Dh] -> [n, B, G, R*bq, Dh]`` (rows: head-in-group major, position minor)."""
+    b, q, h, d = x.shape
+    x = jnp.pad(x, ((0, 0), (0, n * bq - q), (0, 0), (0, 0)))
+    x = x.reshape(b, n, bq, g, h // g, d).transpose(1, 0, 3, 4, 2, 5)
+    return x.reshape(n, b, g, (h // g) * bq, d)
+
+
+def _q_unblock(x: Array, q_len: int, h: int) -> Array:
+    """Inverse of :func:`_q_blocks`: ``[n, B, G, R*bq, Dh] -> [B, Q, H, Dh]``."""
+    n, b, g, rows, d = x.shape
+    bq = rows // (h // g)
+    x = x.reshape(n, b, g, h // g, bq, d).transpose(1, 0, 4, 2, 3, 5).reshape(b, n * bq, h, d)
+    return x[:, :q_len]
+
+
+def _kv_blocks(x: Array, n: int, bk: int) -> Array:
+    """``[B, K, G, Dh] -> [n, B, G, bk, Dh]``."""
+    b, k, g, d = x.shape
+    x = jnp.pad(x, ((0, 0), (0, n * bk - k), (0, 0), (0, 0)))
+    return x.reshape(b, n, bk, g, d).transpose(1, 0, 3, 2, 4)
+
+
+def _kv_unblock(x: Array, k_len: int) -> Array:
+    n, b, g, bk, d = x.shape
+    return x.transpose(1, 0, 3, 2, 4).reshape(b, n * bk, g, d)[:, :k_len]
+
+
+@dataclass(frozen=True)
+class _Static:
+    """Everything about one call that is known at trace time (hashable: a custom_vjp nondiff arg)."""
+
+    causal: bool
+    window: int | None
+    has_kv_lengths: bool
+    q_len: int
+    k_len: int
+    heads: int
+    bq: int
+    nq: int
+    bk: int
+    nk: int
+    scale: float
+
+    def info(self, q_offset: Array, kv_lengths: Array | None) -> MaskInfo:
+        return MaskInfo(self.causal, self.window, self.k_len, q_offset, kv_lengths)
+
+    def q_range(self, info: MaskInfo, i: Array) -> tuple[Array, Array]:
+        """Smallest and largest absolute position among the real queries of block i (any batch row)."""
+        start = i * self.bq
+        last = jnp.minimum(start + self.bq, self.q_len) - 1
+        return jnp.min(info.q_offset) + start, jnp.max(info.q_offset) + last
+
+    def k_block_ranges(self, info: MaskInfo, i: Array) -> tuple[Array, Array, Array, Array]:
+        """Key blocks that query block i visits: ``[j_lo, j_hi)``, of which ``[f_lo, f_hi)`` need no mask.
+
+        Blocks before j_lo and from j_hi on are wholly masked and skipped; ``j_lo <= f_lo <= f_hi <= j_hi``.
+        """
+        q_min, q_max = self.q_range(info, i)
+        lo, hi = info.key_range(q_min, q_max)
+        j_lo = lo // self.bk
+        j_hi = jnp.maximum((hi + self.bk - 1) // self.bk, j_lo)
+        f_lo, f_hi = info.full_range(q_min, q_max, self.bk)
+        f_lo = jnp.clip(f_lo, j_lo, j_hi)
+        f_hi = jnp.clip(f_hi, f_lo, j_hi)
+        return j_lo, f_lo, f_hi, j_hi
+
+    def positions(self, info: MaskInfo, i: Array, j: Array) -> tuple[Array, Array]:
+        """Absolute positions of block (i, j): queries ``[B|1, R*bq]`` (rows as in _q_blocks), keys ``[bk]``."""
+        rows = jnp.arange(self.rows, dtype=jnp.int32) % self.bq + i * self.bq
+        q_pos = info.q_offset[:, None] + rows[None, :]
+        k_pos = j * self.bk + jnp.arange(self.bk, dtype=jnp.int32)
+        return q_pos, k_pos
+
+    rows: int = 0  # R * bq, set by _make_static
+    groups: int = 0
+
+
+def _make_static(q_shape, k_shape, causal, window, has_kv_lengths, scale, block_q, block_k) -> _Static:
+    _, q_len, h, _ = q_shape
+    k_len, g = k_shape[1], k_shape[2]
+    bq, nq = _plan(q_len, block_q)
+    bk, nk = _plan(k_len, block_k)
+    return _Static(
+        causal=causal,
+        window=window,
+        has_kv_lengths=has_kv_lengths,
+        q_len=q_len,
+        k_len=k_len,
+        heads=h,
+        bq=bq,
+        nq=nq,
+        bk=bk,
+        nk=nk,
+        scale=scale,
+        rows=(h // g) * bq,
+        groups=g,
+    )
+
+
+# ---------------------------------------------------------------------------- forward
+def _three_loops(lo, f_lo, f_hi, hi, step, carry):
+    """Run ``step(idx, carry, masked)`` over ``[lo, f_lo)`` and ``[f_hi, hi)`` masked, ``[f_lo, f_hi)`` not.
+
+    Dynamic bounds (while loops) skip wholly masked blocks without spending FLOPs on them, and the
+    mask arithmetic runs only on the few partly masked blocks (the causal diagonal, window edges).
+    """
+    masked = functools.partial(step, masked=True)
+    carry = jax.lax.fori_loop(lo, f_lo, masked, carry)
+    carry = jax.lax.fori_loop(f_lo, f_hi, functools.partial(step, masked=False), carry)
+    return jax.lax.fori_loop(f_hi, hi, masked, carry)
+
+
+def _forward_blocks(st: _Static, qb, kb, vb, q_offset, kv_lengths):
+    """Blocked forward: qb ``[nq,B,G,R*bq,Dh]``, kb/vb ``[nk,B,G,bk,Dh]`` -> (out f32, lse) per q block."""
+    info = st.info(q_offset, kv_lengths)
+    _, b, g, rows, _ = qb.shape
+    dv = vb.shape[-1]
+
+    def q_block(_, xs):
+        i, q_i = xs
+
+        def step(j, carry, masked):
+            s = block_scores(q_i, kb[j], st.scale)
+            if masked:
+                s = jnp.where(block_mask(info, *st.positions(info, i, j)), s, -jnp.inf)
+            return online_softmax_update(*carry, s, vb[j])
+
+        init = (
+            jnp.full((b, g, rows), -jnp.inf, jnp.float32),
+            jnp.zeros((b, g, rows), jnp.float32),
+            jnp.zeros((b, g, rows, dv), jnp.float32),
+        )
+        return None, finalize(*_three_loops(*st.k_block_ranges(info, i), step, init))
+
+    _, (out, lse) = jax.lax.scan(q_block, None, (jnp.arange(st.nq, dtype=jnp.int32), qb))
+    return out, lse
+
+
+# ---------------------------------------------------------------------------- backward
+def _backward_blocks(st: _Static, qb, kb, vb, ob, lse, dob, q_offset, kv_lengths):
+    """Blocked FlashAttention-2 backward; returns dq ``[nq,...]``, dk, dv ``[nk,...]`` float32.
+
+    Key blocks outside (dk, dv of block j accumulate in registers of the loop), the query blocks that
+    see block j inside (dq accumulates in place in a ``[nq, ...]`` buffer).
+    """
+    info = st.info(q_offset, kv_lengths)
+    delta = jnp.sum(dob.astype(jnp.float32) * ob, axis=-1)  # [nq, B, G, R*bq]
+    # The query blocks that see key block j: every range bound is nondecreasing in i, so the set of i
+    # with lo_i <= j < hi_i is an interval whose ends are counts.
+    ranges = jax.vmap(lambda i: jnp.stack(st.k_block_ranges(info, i)))(jnp.arange(st.nq, dtype=jnp.int32))
+    j_lo, f_lo, f_hi, j_hi = (ranges[:, n] for n in range(4))
+
+    def count(x, j):
+        return jnp.sum(x <= j).astype(jnp.int32)
+
+    def k_block(dq, xs):
+        j, k_j, v_j = xs
+
+        def step(i, carry, masked):
+            dq, dk, dv = carry
+            mask = block_mask(info, *st.positions(info, i, j)) if masked else None
+            dq_i, dk_ij, dv_ij = block_grads(qb[i], k_j, v_j, dob[i], lse[i], delta[i], st.scale, mask)
+            dq = jax.lax.dynamic_update_index_in_dim(dq, dq[i] + dq_i, i, axis=0)
+            return dq, dk + dk_ij, dv + dv_ij
+
+        i_lo, i_hi = count(j_hi, j), count(j_lo, j)
+        i_hi = jnp.maximum(i_hi, i_lo)
+        fi_lo = jnp.clip(count(f_hi, j), i_lo, i_hi)
+        fi_hi = jnp.clip(count(f_lo, j), fi_lo, i_hi)
+        init = (dq, jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32))
+        dq, dk, dv = _three_loops(i_lo, fi_lo, fi_hi, i_hi, step, init)
+        return dq, (dk, dv)
+
+    dq0 = jnp.zeros(qb.shape, jnp.float32)
+    dq, (dk, dv) = jax.lax.scan(k_block, dq0, (jnp.arange(st.nk, dtype=jnp.int32), kb, vb))
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------- custom_vjp glue
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked(st: _Static, q, k, v, q_offset, kv_lengths):
+    return _chunked_fwd(st, q, k, v, q_offset, kv_lengths)[0]
+
+
+def _chunked_fwd(st: _Static, q, k, v, q_offset, kv_lengths):
+    qb = _q_blocks(q, st.nq, st.bq, st.groups)
+    kb, vb = _kv_blocks(k, st.nk, st.bk), _kv_blocks(v, st.nk, st.bk)
+    ob, lse = _forward_blocks(st, qb, kb, vb, q_offset, kv_lengths)
+    out = _q_unblock(ob, st.q_len, st.heads).astype(q.dtype)
+    return out, (qb, kb, vb, ob.astype(q.dtype), lse, q_offset, kv_lengths)
+
+
+def _chunked_bwd(st: _Static, res, g):
+    qb, kb, vb, ob, lse, q_offset, kv_lengths = res
+    dob = _q_blocks(g.astype(qb.dtype), st.nq, st.bq, st.groups)
+    dq, dk, dv = _backward_blocks(st, qb, kb, vb, ob.astype(jnp.float32), lse, dob, q_offset, kv_lengths)
+    dq = _q_unblock(dq, st.q_len, st.heads).astype(qb.dtype)
+    dk = _kv_unblock(dk, st.k_len).astype(kb.dtype)
+    dv = _kv_unblock(dv, st.k_len).astype(vb.dtype)
+    return dq, dk, dv, None, None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+# ---------------------------------------------------------------------------- public entry
+def chunked_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = False,
+    q_offset: int | Array = 0,
+    kv_lengths: Array | None = None,
+    q_lengths: Array | None = None,
+    window: int | None = None,
+    scale: float | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> Array:
+    """Attention by blocks with an online softmax; same meaning as model.attention.attention.
+
+    q ``[B, Q, H, Dh]``, k/v ``[B, K, G, Dh]`` (G divides H; k/v are never repeated). Masks: ``causal``
+    with ``q_offset`` (int or ``[B]``), ``kv_lengths`` / ``q_lengths`` ``[B]``, sliding ``window``.
+    ``block_q`` / ``block_k`` (default :data:`BLOCK_Q` / :data:`BLOCK_K`) bound the block sizes; the
+    lengths need not be multiples of them. Scores, softmax and accumulators are float32 whatever the
+    input dtype. Returns ``[B, Q, H, Dh]`` in q's dtype; a wholly masked row is 0.
+    """
+    if q.ndim != 4 or k.shape != v.shape or q.shape[-1] != k.shape[-1] or q.shape[2] % k.shape[2]:
+        raise ValueError(
+            f"chunked_attention: q [B,Q,H,Dh] and k, v [B,K,G,Dh] with G dividing H; got {q.shape}, {k.shape}, {v.shape}"
+        )
+    if k.shape[1] == 0 or q.shape[1] == 0:
+        raise ValueError("chunked_attention: empty query or key sequence")
+    block_q, block_k = block_q or BLOCK_Q, block_k or BLOCK_K
+    if block_q <= 0 or block_k <= 0:
+        raise ValueError(f"chunked_attention: block sizes must be positive, got {block_q}, {block_k}")
+    if window is not None and window <= 0:
+        raise ValueError(f"sliding window {window} must be positive")
+    scale = default_scale(q.shape[-1]) if scale is None else float(scale)
+    st = _make_static(q.shape, k.shape, bool(causal), window, kv_lengths is not None, scale, block_q, block_k)
+    q_offset = jnp.asarray(q_offset, jnp.int32).reshape(-1)
+    if kv_lengths is not None:
+        kv_lengths = jnp.asarray(kv_lengths, jnp.int32).reshape(-1)
+    out = _chunked(st, q, k, v, q_offset, kv_lengths)
+    if q_lengths is not None:
+        # Padded queries: zero the rows outside the kernel, so their gradient is zero too.
+        keep = jnp.arange(q.shape[1])[None, :] < jnp.asarray(q_lengths, jnp.int32).reshape(-1, 1)
+        out = jnp.where(keep[:, :, None, None], out, jnp.zeros((), out.dtype))
+    return out
+
+
+def _registered(q, k, v, *, mask=None, scale, causal, q_offset, kv_lengths, q_lengths, window, **_):
+    # ``mask`` (the dense mask built by the entry point) is ignored: the blocks compute their own,
+    # and under jit the unused dense mask is dead code.
+    del mask
+    return chunked_attention(
+        q,
+        k,
+        v,
+        causal=causal,
+        q_offset=q_offset,
+        kv_lengths=kv_lengths,
+        q_lengths=q_lengths,
+        window=window,
+        scale=scale,
+    )
+
+
+register_implementation("chunked", _registered)
+
+__all__ = [
+    "BLOCK_K",
+    "BLOCK_Q",
+    "MaskInfo",
+    "block_grads",
+    "block_mask",
+    "block_scores",
+    "chunked_attention",
+    "finalize",
+    "merge_partials",
+    "online_softmax_update",
+]
