@@ -1,0 +1,233 @@
+"""What every experiment shares: its command line, reading run directories, and the report it writes.
+
+An experiment is ``python -m experiments.NAME [--smoke] [--out runs/NAME]``. It trains or measures,
+then writes ``OUT/report.md``: the exact command, markdown tables, PNG plots and one PASS/FAIL line
+per claim, each computed from the results (a :class:`Claim` holds the numbers it was decided on).
+
+    args = experiment_parser("heads", __doc__).parse_args(argv)
+    report = Report("Heads", command_line("heads", argv))
+    report.table(["h", "val loss"], rows)
+    report.figure(path, "validation loss against h")
+    report.claim(Claim("h=32 worse than h=4 by >= 0.05 nats", delta >= 0.05, f"delta = {delta:.3f}"))
+    report.write(out)          # OUT/report.md and OUT/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPORT_FILE = "report.md"
+RESULTS_FILE = "results.json"
+
+
+# ---------------------------------------------------------------------------- command line
+def experiment_parser(name: str, doc: str | None, *, sweep: bool = True) -> argparse.ArgumentParser:
+    """The options every experiment has: --smoke, --out; with ``sweep``: --workers, --runner, --print-commands."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m experiments.{name}",
+        description=(doc or "").strip().splitlines()[0] if doc else None,
+        epilog=(doc or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny models and a few steps: checks the pipeline, not the claims"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help=f"output directory (default: runs/{name}, or runs/{name}-smoke)"
+    )
+    if sweep:
+        p.add_argument(
+            "--workers", type=int, default=1, help="training runs at once (default 1: the machine is shared)"
+        )
+        p.add_argument(
+            "--runner",
+            choices=("subprocess", "inprocess"),
+            default="subprocess",
+            help="each run as `python -m train ...` in its own process, or in this process (one at a time)",
+        )
+        p.add_argument("--print-commands", action="store_true", help="print the training commands and exit")
+        p.add_argument("--slurm", type=Path, default=None, help="write a SLURM array script for the sweep and exit")
+    return p
+
+
+def default_out(name: str, args: argparse.Namespace) -> Path:
+    return args.out if args.out is not None else Path("runs") / (f"{name}-smoke" if args.smoke else name)
+
+
+def command_line(name: str, argv: Sequence[str] | None) -> str:
+    """The exact command that reproduces this invocation: ``python -m experiments.NAME ARGS...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join(["python", "-m", f"experiments.{name}", *args])
+
+
+# ---------------------------------------------------------------------------- run directories
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def eval_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The evaluation records of a run's metrics.jsonl (step, train/val loss and accuracy), in step order."""
+    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if r.get("kind") == "eval"]
+
+
+def final_eval(run_dir: str | Path) -> dict[str, Any] | None:
+    """The last evaluation record of a run (None if it has none)."""
+    records = eval_records(run_dir)
+    return records[-1] if records else None
+
+
+# ---------------------------------------------------------------------------- numbers
+def mean(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def spread(xs: Iterable[float]) -> float:
+    """Half the range of ``xs`` (the +- of two seeds); 0 for one value, nan for none."""
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return (max(xs) - min(xs)) / 2 if xs else math.nan
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A table cell: floats with ``digits`` decimals, None/nan as an en dash, the rest as str."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "–"
+        return f"{x:.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}" if abs(x) >= 10_000 else str(x)
+    return str(x)
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """The exponent k of y ~ c * x^k, fitted by least squares on log-log axes (np.polyfit); nan if < 2 points."""
+    pts = [(a, b) for a, b in zip(x, y, strict=True) if a and b and a > 0 and b > 0]
+    if len(pts) < 2:
+        return math.nan
+    lx, ly = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---------------------------------------------------------------------------- the report
+@dataclass
+class Claim:
+    """One checked statement: ``passed`` is computed from the results; ``detail`` shows the numbers."""
+
+    name: str
+    passed: bool
+    detail: str
+    acceptance: bool = True  # False: reported (e.g. a paper's claim we check) but not an acceptance criterion
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+    def line(self) -> str:
+        tag = "" if self.acceptance else " (reported, not an acceptance criterion)"
+        return f"- **{self.verdict}** {self.name}{tag}: {self.detail}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    """A GitHub markdown table; numbers right-aligned, cells through :func:`fmt`."""
+    numeric = [
+        all(isinstance(r[i], int | float) or r[i] is None for r in rows) and any(r[i] is not None for r in rows)
+        for i in range(len(headers))
+    ]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(c, digits).replace("|", "\\|") for c in r) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    """A markdown report built section by section, written with its machine-readable twin (results.json)."""
+
+    title: str
+    command: str
+    parts: list[str] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # saved to results.json (tables' numbers)
+
+    def text(self, s: str) -> None:
+        self.parts.append(s.strip())
+
+    def heading(self, s: str) -> None:
+        self.parts.append(f"## {s}")
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> None:
+        self.parts.append(markdown_table(headers, rows, digits))
+
+    def figure(self, path: Path, caption: str, out: Path | None = None) -> None:
+        """Embed ``path`` (relative to the report's directory ``out`` when given)."""
+        rel = path.relative_to(out) if out is not None and path.is_relative_to(out) else path
+        self.parts.append(f"![{caption}]({rel.as_posix()})\n\n*{caption}*")
+
+    def code(self, s: str, lang: str = "") -> None:
+        self.parts.append(f"```{lang}\n{s.rstrip()}\n```")
+
+    def claim(self, c: Claim) -> Claim:
+        self.claims.append(c)
+        return c
+
+    def render(self) -> str:
+        out = [f"# {self.title}", "", "Reproduce with:", "", f"```bash\n{self.command}\n```", ""]
+        if self.claims:
+            out += ["## Claims (computed from the results below)", ""]
+            out += [c.line() for c in self.claims] + [""]
+        for p in self.parts:
+            out += [p, ""]
+        return "\n".join(out).rstrip() + "\n"
+
+    def write(self, out: Path) -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / REPORT_FILE
+        path.write_text(self.render())
+        results = {"title": self.title, "command": self.command, "claims": [asdict(c) for c in self.claims]}
+        results.update(self.data)
+        (out / RESULTS_FILE).write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+        return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def print_summary(report: Report, path: Path) -> None:
+    """The claims on the terminal and where the report is."""
+    for c in report.claims:
+        print(c.line().replace("**", ""))
+    print(f"report: {path}")
