@@ -43,8 +43,8 @@ Array = jax.Array
 
 # Default block sizes, measured on a 2-core AVX-512 CPU (experiments/bench_attention.py): big blocks
 # make each matmul efficient; the causal diagonal wastes at most one block per query block.
-BLOCK_Q = 512
-BLOCK_K = 512
+BLOCK_Q = 256
+BLOCK_K = 256
 
 
 # ---------------------------------------------------------------------------- masks per block
@@ -317,11 +317,15 @@ def _three_loops(lo, f_lo, f_hi, hi, step, carry):
 
     Dynamic bounds (while loops) skip wholly masked blocks without spending FLOPs on them, and the
     mask arithmetic runs only on the few partly masked blocks (the causal diagonal, window edges).
+    Both masked ranges share one loop (one compiled body fewer: compile time matters here).
     """
-    masked = functools.partial(step, masked=True)
-    carry = jax.lax.fori_loop(lo, f_lo, masked, carry)
+    n_head = f_lo - lo
+
+    def masked(n, c):
+        return step(jnp.where(n < n_head, lo + n, f_hi + n - n_head), c, masked=True)
+
     carry = jax.lax.fori_loop(f_lo, f_hi, functools.partial(step, masked=False), carry)
-    return jax.lax.fori_loop(f_hi, hi, masked, carry)
+    return jax.lax.fori_loop(0, n_head + hi - f_hi, masked, carry)
 
 
 def _forward_blocks(st: _Static, qb, kb, vb, q_offset, kv_lengths):
@@ -446,7 +450,8 @@ def chunked_attention(
         )
     if k.shape[1] == 0 or q.shape[1] == 0:
         raise ValueError("chunked_attention: empty query or key sequence")
-    block_q, block_k = block_q or BLOCK_Q, block_k or BLOCK_K
+    block_q = BLOCK_Q if block_q is None else block_q
+    block_k = BLOCK_K if block_k is None else block_k
     if block_q <= 0 or block_k <= 0:
         raise ValueError(f"chunked_attention: block sizes must be positive, got {block_q}, {block_k}")
     if window is not None and window <= 0:
@@ -462,6 +467,39 @@ def chunked_attention(
         keep = jnp.arange(q.shape[1])[None, :] < jnp.asarray(q_lengths, jnp.int32).reshape(-1, 1)
         out = jnp.where(keep[:, :, None, None], out, jnp.zeros((), out.dtype))
     return out
+
+
+def block_schedule(
+    q_len: int,
+    k_len: int,
+    *,
+    causal: bool = False,
+    q_offset: int | Array = 0,
+    kv_lengths: Array | None = None,
+    window: int | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> Array:
+    """The key blocks each query block visits, as the kernel's loops do: int32 ``[nq, 4]``.
+
+    Row i is ``(j_lo, f_lo, f_hi, j_hi)``: blocks ``[j_lo, j_hi)`` are computed, ``[f_lo, f_hi)`` of them
+    without a mask; all others are skipped. ``sum(j_hi - j_lo)`` is the number of block pairs computed
+    (e.g. about half of them for causal attention), which is how the tests check the skipping.
+    """
+    st = _make_static(
+        (1, q_len, 1, 1),
+        (1, k_len, 1, 1),
+        causal,
+        window,
+        kv_lengths is not None,
+        1.0,
+        block_q or BLOCK_Q,
+        block_k or BLOCK_K,
+    )
+    off = jnp.asarray(q_offset, jnp.int32).reshape(-1)
+    kvl = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32).reshape(-1)
+    info = st.info(off, kvl)
+    return jax.vmap(lambda i: jnp.stack(st.k_block_ranges(info, i)))(jnp.arange(st.nq, dtype=jnp.int32))
 
 
 def _registered(q, k, v, *, mask=None, scale, causal, q_offset, kv_lengths, q_lengths, window, **_):
@@ -489,6 +527,7 @@ __all__ = [
     "MaskInfo",
     "block_grads",
     "block_mask",
+    "block_schedule",
     "block_scores",
     "chunked_attention",
     "finalize",
