@@ -1,0 +1,125 @@
+"""The command line of ``python -m train``: parse, build the config, train, say what happened.
+
+    python -m train                                    # the main job: the 'induction' preset
+    python -m train --config shakespeare-char-cpu      # any preset (--list shows them)
+    python -m train --config shakespeare-char-cpu model.n_layers=2 train.lr=3e-4 data.path=foo.txt run_dir=runs/x
+    python -m train --resume runs/x                    # continue a run from its newest checkpoint
+    python -m train --resume runs/x train.steps=4000   # ... and train it for longer
+
+Overrides are ``SECTION.FIELD=VALUE`` (SECTION: model, data, train) or a top-level ``run_dir=``,
+``name=``, ``goal=``; values are parsed by the field's type (see train/config.py). A bad key,
+value, data file or run directory prints one line ``error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from train.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    RunDirError,
+    SetupError,
+    apply_overrides,
+    get_preset,
+    load_run_config,
+    parse_goal,
+)
+
+EPILOG = """overrides: KEY=VALUE with KEY one of model.FIELD, data.FIELD, train.FIELD, run_dir, name, goal;
+values parsed by the field's type: 12, 3e-4, true/false, none, text.
+example: python -m train --config shakespeare-char-cpu model.n_layers=2 train.lr=3e-4 data.path=foo.txt run_dir=runs/x"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train a preset (default: the induction-heads main job) and write a run directory.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help=f"preset name (default: {DEFAULT_PRESET}); --list shows them")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR (or the config's run_dir) from its newest checkpoint",
+    )
+    p.add_argument("--list", action="store_true", help="list the presets and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
+    return p
+
+
+def resolve(args: argparse.Namespace):
+    """The RunConfig the arguments ask for (raises ConfigError / SetupError with one-line messages)."""
+    if args.resume:  # a run directory: its saved config is the base
+        cfg = load_run_config(args.resume)
+        if args.config is not None and args.config != cfg.name:
+            raise RunDirError(
+                f"{args.resume} is a {cfg.name!r} run, not {args.config!r}: drop --config or start a new run_dir"
+            )
+        return apply_overrides(cfg, args.overrides).replace(run_dir=args.resume)
+    return apply_overrides(get_preset(args.config or DEFAULT_PRESET), args.overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name, fn in PRESETS.items():
+            print(f"{name:22s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+
+    try:
+        cfg = resolve(args)  # config errors surface here, before jax is imported
+        from train.loop import train
+
+        result = train(cfg, resume=args.resume is not None, progress=False if args.no_progress else None)
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report(result)
+    if result.interrupted in ("SIGINT", "SIGTERM"):
+        return {"SIGINT": 130, "SIGTERM": 143}[result.interrupted]
+    return 0
+
+
+def report(result) -> None:
+    """Print where the run's files are, the final evaluation, the speed and whether the goal was met."""
+    d = result.run_dir
+    print(f"\nrun directory: {d}")
+    for key, label in [
+        ("config", "config"),
+        ("metrics", "metrics"),
+        ("checkpoints", "checkpoints"),
+        ("loss_plot", "loss curve"),
+        ("attention_plot", "attention"),
+        ("summary", "summary"),
+    ]:
+        if key in result.files:
+            print(f"  {label:12s} {result.files[key]}")
+    if result.interrupted:
+        print(
+            f"interrupted ({result.interrupted}) at step {result.step}: checkpoint saved; "
+            f"continue with: python -m train --resume {d}"
+        )
+        return
+    s = result.stats
+    if result.final is not None:
+        print(f"final evaluation (step {result.step}): " + "  ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
+    if s.get("train_s", 0) > 0:
+        print(
+            f"speed: median {s['ms_per_step_median']:.2f} ms/step, {s['tokens_per_s']:,.0f} tokens/s "
+            f"({s['tokens_per_step']} tokens/step; compile {s['compile_s']:.1f} s, wall {s['wall_s']:.1f} s)"
+        )
+    goal = result.config.goal
+    if result.success is None:
+        print("success criterion: none set (goal=...)")
+    else:
+        name = parse_goal(goal)[0]
+        verdict = "MET" if result.success else "NOT MET"
+        print(f"success criterion {goal}: {verdict} ({name} = {result.final[name]:.4f})")
+    print(f"sample from it: python -m train.sample {d} --prompt ... --max-new-tokens 200")

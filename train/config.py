@@ -1,0 +1,465 @@
+"""Run configs: one frozen RunConfig (model + data + training) per experiment, named presets, dotted overrides.
+
+    cfg = get_preset("shakespeare-char-cpu")
+    cfg = apply_overrides(cfg, ["model.n_layers=2", "train.lr=3e-4", "data.path=foo.txt", "run_dir=runs/x"])
+
+Override syntax (the command line's ``python -m train --config NAME KEY=VALUE ...``): ``KEY`` is
+``SECTION.FIELD`` with SECTION one of ``model`` (ModelConfig), ``data`` (DataConfig), ``train``
+(TrainConfig), or a top-level field (``name``, ``run_dir``, ``goal``). ``VALUE`` is parsed by the
+type of the field it sets, with JSON-like rules and never ``eval``: integers ``12``, floats ``3e-4``
+(an integer is a valid float), booleans ``true``/``false``, ``none``/``null`` for optional fields,
+strings as written (surrounding quotes are removed). An unknown key or a value of the wrong type
+raises one :class:`ConfigError` that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import re
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from model.config import ModelConfig
+from model.config import get_preset as get_model_preset
+from train.data import DataConfig
+
+SCHEDULES = ("cosine", "constant")
+GOAL_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+class SetupError(ValueError):
+    """A run cannot start: bad config, unusable data or run directory. The message is one line naming the fix."""
+
+
+class ConfigError(SetupError):
+    """A bad config or override; the message is one line naming the key and the fix."""
+
+
+class RunDirError(SetupError):
+    """The run directory cannot be used as asked (exists without --resume, or holds another run)."""
+
+
+CONFIG_FILE = "config.json"  # the resolved RunConfig inside a run directory
+
+
+def load_run_config(run_dir) -> RunConfig:
+    """The RunConfig saved in ``run_dir/config.json`` (plain JSON; never executed)."""
+    from pathlib import Path
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(f"{path} not found: {run_dir} is not a run directory written by `python -m train`")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON ({e.msg}): restore it or start a new run") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the model is moved through time: optimizer, schedule, batches, evaluation, checkpoints."""
+
+    batch_size: int = 12  # B: sequences per optimizer step (all microbatches together)
+    grad_accum: int = 1  # microbatches per step (scanned); batch_size must be a multiple of it
+    seq_len: int | None = None  # T: tokens per training sequence; None means model.max_len
+    steps: int = 2000  # optimizer steps (nanoGPT's max_iters)
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay (nanoGPT: lr / 10)
+    schedule: str = "cosine"  # after the linear warmup: 'cosine' decay to min_lr, or 'constant' lr
+    warmup_steps: int = 100  # linear warmup from lr / (warmup_steps + 1) to lr (nanoGPT's formula)
+    decay_steps: int | None = None  # cosine reaches min_lr at this step (nanoGPT's lr_decay_iters); None = steps
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.99  # AdamW second-moment decay (nanoGPT's shakespeare_char: 0.99)
+    eps: float = 1e-8  # AdamW epsilon (PyTorch's default, as in nanoGPT)
+    weight_decay: float = 0.1  # decoupled weight decay, on matrices and embeddings only (rank >= 2)
+    grad_clip: float | None = 1.0  # clip the global gradient norm to this; None or 0 disables clipping
+    seed: int = 0  # parameter initialisation and dropout (the data has its own data.seed)
+    eval_every: int = 250  # evaluate every this many steps (and at step 0 and at the end)
+    eval_batches: int = 20  # batches per split in one evaluation (nanoGPT's eval_iters)
+    log_every: int = 10  # steps between metric logs; the only device->host syncs of the hot loop
+    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 3  # the newest this many checkpoints are kept
+    async_checkpoint: bool = True  # write checkpoints in a background thread while training goes on
+
+    def __post_init__(self):
+        _check_types(self)
+        positive = ["batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "log_every"]
+        positive += ["checkpoint_every", "keep_checkpoints"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)}: must be positive")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not a multiple of train.grad_accum={self.grad_accum}: "
+                f"choose grad_accum among the divisors of batch_size"
+            )
+        if self.seq_len is not None and self.seq_len <= 0:
+            raise ConfigError(f"train.seq_len={self.seq_len}: must be positive (or none for model.max_len)")
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            raise ConfigError(
+                f"train.decay_steps={self.decay_steps} must exceed train.warmup_steps={self.warmup_steps}"
+            )
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps={self.warmup_steps}: must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule={self.schedule!r}: unknown; choose one of {SCHEDULES}")
+        if not (self.lr > 0 and self.min_lr >= 0):
+            raise ConfigError(f"train.lr={self.lr}, train.min_lr={self.min_lr}: need lr > 0 and min_lr >= 0")
+        for name in ["beta1", "beta2"]:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name}={getattr(self, name)}: must be in [0, 1)")
+        if self.eps <= 0 or self.weight_decay < 0:
+            raise ConfigError(f"train.eps={self.eps}, train.weight_decay={self.weight_decay}: need eps > 0, wd >= 0")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip={self.grad_clip}: must be >= 0 (or none to disable)")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed={self.seed}: must be >= 0")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.grad_accum
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment: a model, its data and how it is trained, plus where the run goes and what counts as success.
+
+    The presets below follow nanoGPT (Karpathy, github.com/karpathy/nanoGPT), whose
+    ``config/train_shakespeare_char.py`` and its documented CPU run ("baby GPT" on tiny Shakespeare,
+    characters) they reproduce. Launch any preset with ``python -m train --config NAME [KEY=VALUE ...]``.
+    """
+
+    name: str  # the preset's name; also the prefix of the default run directory
+    model: ModelConfig  # the network (model/config.py)
+    data: DataConfig  # what it reads (train/data.py)
+    train: TrainConfig  # how it is trained
+    run_dir: str | None = None  # where the run is written; None means runs/<name>-<date>-<time>
+    goal: str | None = None  # success criterion on the final evaluation: '<metric> <= x' or '<metric> >= x'
+
+    def __post_init__(self):
+        for name, cls in [("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)]:
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(
+                    f"RunConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}"
+                )
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name={self.name!r}: must be a non-empty string")
+        if self.run_dir is not None and (not isinstance(self.run_dir, str) or not self.run_dir):
+            raise ConfigError(f"run_dir={self.run_dir!r}: must be a path (or none for runs/<name>-<time>)")
+        if self.goal is not None:
+            parse_goal(self.goal)
+        seq_len = self.seq_len
+        if seq_len > self.model.max_len:
+            raise ConfigError(
+                f"train.seq_len={seq_len} exceeds model.max_len={self.model.max_len}: "
+                f"lower train.seq_len or raise model.max_len"
+            )
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.seq_len if self.train.seq_len is not None else self.model.max_len
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model.to_dict(),
+            "data": self.data.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "run_dir": self.run_dir,
+            "goal": self.goal,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The inverse of to_dict; unknown keys raise ConfigError (the JSON is data, never executed)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"RunConfig has no field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
+        try:
+            train_d = dict(d["train"])
+            unknown = sorted(set(train_d) - {f.name for f in fields(TrainConfig)})
+            if unknown:
+                raise ConfigError(f"TrainConfig has no field {unknown[0]!r}; remove it or check its spelling")
+            return cls(
+                name=d["name"],
+                model=ModelConfig.from_dict(d["model"]),
+                data=DataConfig.from_dict(d["data"]),
+                train=TrainConfig(**train_d),
+                run_dir=d.get("run_dir"),
+                goal=d.get("goal", cls.goal),
+            )
+        except KeyError as e:
+            raise ConfigError(f"the run config lacks the section {e.args[0]!r}") from None
+
+    def default_run_dir(self) -> str:
+        return f"runs/{self.name}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_types(obj) -> None:
+    """Check each field of a dataclass against its annotation (bool is not an int; an int is a float)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        allowed = _allowed_types(hints[f.name])
+        if value is None and type(None) in allowed:
+            continue
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if not ok and float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(
+                f"{type(obj).__name__}.{f.name}={value!r}: expected {_type_names(allowed)}, got {type(value).__name__}"
+            )
+
+
+def _allowed_types(hint) -> tuple[type, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(typing.get_args(hint))
+    return (hint,)
+
+
+def _type_names(allowed: tuple[type, ...]) -> str:
+    return " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+
+
+def parse_goal(goal: str) -> tuple[str, str, float]:
+    """'val_accuracy >= 0.9' -> ('val_accuracy', '>=', 0.9); anything else raises ConfigError."""
+    m = GOAL_RE.match(goal) if isinstance(goal, str) else None
+    if m is None:
+        raise ConfigError(f"goal={goal!r}: write it as '<metric> <= <number>' or '<metric> >= <number>'")
+    try:
+        return m.group(1), m.group(2), float(m.group(3))
+    except ValueError:
+        raise ConfigError(f"goal={goal!r}: {m.group(3)!r} is not a number") from None
+
+
+def goal_met(goal: str | None, metrics: dict[str, float]) -> bool | None:
+    """Whether the final evaluation's ``metrics`` satisfy ``goal`` (None without a goal); a missing metric raises."""
+    if goal is None:
+        return None
+    name, op, threshold = parse_goal(goal)
+    if name not in metrics:
+        raise ConfigError(f"goal={goal!r}: the evaluation has no metric {name!r}; known: {', '.join(sorted(metrics))}")
+    return metrics[name] <= threshold if op == "<=" else metrics[name] >= threshold
+
+
+# ---------------------------------------------------------------------- presets
+def induction() -> RunConfig:
+    """The main job: a 2-layer attention-only transformer learns to continue repeated random tokens, in seconds on a CPU.
+
+    Task (train/data.py 'induction', after Olsson et al. 2022, "In-context learning and induction
+    heads"): BOS, 32 random tokens over 16 symbols, the same 32 tokens again. The loss and the
+    accuracy count only the second half, where the next token is predictable from the context (chance
+    is 1/16); without attention to earlier tokens it cannot be predicted. Success: val_accuracy >= 0.9.
+    What the model learns is visible in attention.png: because the repeat always starts at the same
+    position, heads of layer 0 attend exactly one period (31 positions) back, a stripe below the
+    diagonal; a task whose period varied per sequence would force the two-layer induction circuit
+    (previous-token head, then a head matching the current token) instead.
+
+        python -m train                      # this preset
+    """
+    return RunConfig(
+        name="induction",
+        model=ModelConfig(vocab_size=17, max_len=64, n_layers=2, d_model=64, n_heads=4, mlp=False),
+        data=DataConfig(task="induction", vocab_size=16),
+        train=TrainConfig(
+            batch_size=32,
+            steps=400,
+            lr=3e-3,
+            min_lr=3e-4,
+            warmup_steps=50,
+            weight_decay=0.1,
+            eval_every=100,
+            eval_batches=8,
+            log_every=10,
+            checkpoint_every=200,
+        ),
+        goal="val_accuracy >= 0.9",
+    )
+
+
+def shakespeare_char_cpu() -> RunConfig:
+    """nanoGPT's documented CPU run of the character-level Shakespeare model ("baby GPT" on a MacBook).
+
+    nanoGPT README: ``python train.py config/train_shakespeare_char.py --device=cpu --compile=False
+    --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4
+    --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0``; the rest from
+    config/train_shakespeare_char.py (lr 1e-3 -> 1e-4 cosine, warmup 100, beta2 0.99, eval every 250)
+    and train.py (weight decay 0.1, clip 1.0, bias False). nanoGPT reaches val loss ~1.88 at step 2000.
+
+        python -m train --config shakespeare-char-cpu
+    """
+    return RunConfig(
+        name="shakespeare-char-cpu",
+        model=get_model_preset("shakespeare-char-cpu").replace(attention_impl="reference"),
+        data=DataConfig(task="text"),
+        train=TrainConfig(
+            batch_size=12,
+            steps=2000,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            decay_steps=2000,
+            beta2=0.99,
+            weight_decay=0.1,
+            grad_clip=1.0,
+            eval_every=250,
+            eval_batches=20,
+            log_every=25,
+            checkpoint_every=500,
+        ),
+        goal="val_loss <= 1.89",
+    )
+
+
+def shakespeare_char() -> RunConfig:
+    """nanoGPT's config/train_shakespeare_char.py: the 6-layer "baby GPT" (GPU-sized; hours on a CPU).
+
+    6 layers, 6 heads, width 384, block 256, batch 64, dropout 0.2, 5000 iterations, lr 1e-3 -> 1e-4
+    cosine over 5000, warmup 100, beta2 0.99, eval 200 batches every 250 iterations. nanoGPT reports
+    val loss ~1.47 on one A100 in about 3 minutes.
+
+        python -m train --config shakespeare-char
+    """
+    return RunConfig(
+        name="shakespeare-char",
+        model=get_model_preset("shakespeare-char"),
+        data=DataConfig(task="text"),
+        train=TrainConfig(
+            batch_size=64,
+            steps=5000,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            decay_steps=5000,
+            beta2=0.99,
+            weight_decay=0.1,
+            grad_clip=1.0,
+            eval_every=250,
+            eval_batches=200,
+            log_every=10,
+            checkpoint_every=500,
+        ),
+        goal="val_loss <= 1.5",
+    )
+
+
+def mqar() -> RunConfig:
+    """Multi-query associative recall (Arora et al. 2023, "Zoology"): 8 key-value pairs, then queries.
+
+    python -m train --config mqar
+    """
+    return RunConfig(
+        name="mqar",
+        model=ModelConfig(vocab_size=64, max_len=64, n_layers=2, d_model=64, n_heads=4),
+        data=DataConfig(task="mqar", vocab_size=64, n_pairs=8),
+        train=TrainConfig(
+            batch_size=64, steps=2000, lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_every=250, eval_batches=8
+        ),
+        goal="val_accuracy >= 0.9",
+    )
+
+
+def copy_task() -> RunConfig:
+    """Copy a random sequence after a separator (needs attention to an absolute offset).
+
+    python -m train --config copy
+    """
+    return RunConfig(
+        name="copy",
+        model=ModelConfig(vocab_size=17, max_len=64, n_layers=2, d_model=64, n_heads=4),
+        data=DataConfig(task="copy", vocab_size=16),
+        train=TrainConfig(
+            batch_size=32, steps=1000, lr=3e-3, min_lr=3e-4, warmup_steps=50, eval_every=250, eval_batches=8
+        ),
+        goal="val_accuracy >= 0.9",
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "induction": induction,
+    "shakespeare-char-cpu": shakespeare_char_cpu,
+    "shakespeare-char": shakespeare_char,
+    "mqar": mqar,
+    "copy": copy_task,
+}
+DEFAULT_PRESET = "induction"
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown config {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------- overrides
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+TOP_LEVEL = ("name", "run_dir", "goal")
+
+
+def parse_value(text: str, hint, key: str) -> Any:
+    """``text`` as a value of the annotated type ``hint`` (JSON-like rules, never eval); ConfigError if it is not."""
+    allowed = _allowed_types(hint)
+    s = text.strip()
+    if type(None) in allowed and s.lower() in ("none", "null"):
+        return None
+    if bool in allowed:
+        if s.lower() in ("true", "false"):
+            return s.lower() == "true"
+    if int in allowed and re.fullmatch(r"[-+]?\d+", s):
+        return int(s)
+    if float in allowed and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s):
+        return float(s)
+    if str in allowed:
+        if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+            return s[1:-1]
+        return text
+    raise ConfigError(f"override {key}={text!r}: expected {_type_names(allowed)}")
+
+
+def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
+    """``cfg`` with each ``KEY=VALUE`` of ``overrides`` applied (see the module docstring for the syntax)."""
+    changes: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    top: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: write it as KEY=VALUE, e.g. train.lr=3e-4")
+        section, dot, name = key.partition(".")
+        if not dot:
+            if key not in TOP_LEVEL:
+                raise ConfigError(
+                    f"unknown key {key!r}: use SECTION.FIELD with SECTION in {tuple(SECTIONS)} or one of {TOP_LEVEL}"
+                )
+            top[key] = parse_value(text, typing.get_type_hints(RunConfig)[key], key)
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown key {key!r}: the section {section!r} is not one of {tuple(SECTIONS)}")
+        hints = typing.get_type_hints(SECTIONS[section])
+        if name not in hints:
+            raise ConfigError(f"unknown key {key!r}: {section} has no field {name!r}; known: {', '.join(hints)}")
+        changes[section][name] = parse_value(text, hints[name], key)
+    try:
+        new = {
+            "model": cfg.model.replace(**changes["model"]),
+            "data": cfg.data.replace(**changes["data"]),
+            "train": dataclasses.replace(cfg.train, **changes["train"]),
+        }
+        return cfg.replace(**new, **top)
+    except ConfigError:
+        raise
+    except ValueError as e:  # the sections' own validation: already one line naming the field
+        raise ConfigError(str(e)) from None

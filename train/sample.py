@@ -1,0 +1,237 @@
+"""Text from a trained run, with a key/value cache: ``python -m train.sample RUN_DIR --prompt "..." --max-new-tokens N``.
+
+    python -m train.sample runs/x --prompt "ROMEO:" --max-new-tokens 500              # temperature 1
+    python -m train.sample runs/x --prompt "ROMEO:" --max-new-tokens 500 --greedy     # argmax
+    python -m train.sample runs/x --prompt "ROMEO:" --temperature 0.8 --top-k 40 --top-p 0.95 --seed 1
+
+The whole generation is one jitted function (one dispatch): a prefill of the prompt fills the cache,
+then a ``lax.scan`` over the new tokens samples one token and feeds it back (``decode=True``), so each
+step costs one token's forward pass. The logits of every step equal those of a full forward pass over
+the same context (tests/test_sample.py checks it to 1e-5).
+
+Sliding context: the cache holds ``max_len`` tokens. When it is full, the last ``max_len - shift``
+tokens are prefilled again at positions 0.. (``--context-shift``, default max_len // 4), so every token
+is predicted from between ``max_len - shift`` and ``max_len`` previous tokens, as a model with absolute
+positions must be (nanoGPT crops to the last max_len tokens and recomputes everything per token; this
+recomputes once per ``shift`` tokens). A prompt longer than max_len is cropped to its last max_len tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.transformer import Transformer, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is drawn from the logits."""
+
+    temperature: float = 1.0  # logits / temperature; 0 means greedy (argmax)
+    top_k: int | None = None  # keep only the k most likely tokens
+    top_p: float | None = None  # keep the smallest set of tokens whose probability reaches p (nucleus)
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: must be >= 0 (0 means greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k={self.top_k}: must be >= 1")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+
+
+def next_token(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> jax.Array:
+    """Draw one token per row of ``logits`` ``[B, V]`` (float32) -> ``[B]`` int32, by ``sc``."""
+    if sc.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / sc.temperature
+    if sc.top_k is not None and sc.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, sc.top_k)[0][:, -1:]  # [B, 1] the k-th largest logit
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sc.top_p is not None and sc.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # [B, V] descending
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # probability mass of the strictly more likely tokens
+        keep = before < sc.top_p  # the first token is always kept
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)  # [B, 1]
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def make_generate(
+    model: Transformer,
+    prompt_len: int,
+    max_new_tokens: int,
+    sc: SamplingConfig = SamplingConfig(),
+    *,
+    context_shift: int | None = None,
+    vocab_limit: int | None = None,
+    return_logits: bool = False,
+) -> Callable:
+    """A jitted ``generate(params, prompt [B, P] int32, key) -> new tokens [B, N]`` (and logits ``[B, N, V]``).
+
+    Logits ``[:, i]`` are the ones token ``i`` was drawn from. ``P`` must be <= max_len (crop first).
+    ``vocab_limit``: only ids below it are drawn (a model vocabulary padded beyond the data's).
+    The cache holds ``max_len`` tokens; when feeding a token would overflow it, the newest
+    ``max_len - context_shift`` tokens (the fed one included) are prefilled afresh at positions 0...
+    """
+    cfg = model.config
+    t_max = cfg.max_len
+    shift = max(1, t_max // 4) if context_shift is None else context_shift
+    if not 1 <= shift <= t_max - 1 and t_max > 1:
+        raise ValueError(f"context_shift={shift}: must be in [1, max_len - 1 = {t_max - 1}]")
+    keep = t_max - shift  # tokens kept in context after a refill
+    if not 1 <= prompt_len <= t_max:
+        raise ValueError(f"prompt length {prompt_len}: must be in [1, max_len={t_max}] (crop longer prompts)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+    total = prompt_len + max_new_tokens
+
+    def draw(logits, key):
+        if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+        return next_token(logits, key, sc)
+
+    def prefill(params, tokens):
+        """A fresh cache holding ``tokens`` [B, n] at positions 0..n-1, and the logits of the last one [B, V]."""
+        cache = init_cache(model, tokens.shape[0])
+        logits, variables = model.apply({"params": params, "cache": cache}, tokens, decode=True, mutable=["cache"])
+        return variables["cache"], logits[:, -1]
+
+    def generate(params, prompt, key):
+        b = prompt.shape[0]
+        buf = jnp.zeros((b, total), jnp.int32).at[:, :prompt_len].set(prompt)  # every token so far
+        cache, logits = prefill(params, prompt)
+
+        def body(carry, i):
+            # token i is drawn from `logits`, written at position prompt_len + i and fed to the model
+            cache, logits, buf, start = carry  # the cache holds buf[:, start : prompt_len + i]
+            tok = draw(logits, jax.random.fold_in(key, i))
+            j = prompt_len + i  # its index in buf
+            buf = jax.lax.dynamic_update_slice(buf, tok[:, None], (0, j))
+
+            def feed(_):
+                new_logits, variables = model.apply(
+                    {"params": params, "cache": cache}, tok[:, None], decode=True, mutable=["cache"]
+                )
+                return variables["cache"], new_logits[:, -1], start
+
+            def refill(_):
+                context = jax.lax.dynamic_slice(buf, (0, j + 1 - keep), (b, keep))  # the newest `keep` tokens
+                new_cache, new_logits = prefill(params, context)
+                return new_cache, new_logits, j + 1 - keep
+
+            cache, new_logits, start = jax.lax.cond(j - start < t_max, feed, refill, None)
+            return (cache, new_logits, buf, start), (tok, logits)
+
+        carry = (cache, logits, buf, jnp.zeros((), jnp.int32))
+        (cache, logits, buf, _), (toks, used) = jax.lax.scan(body, carry, jnp.arange(max_new_tokens - 1))
+        last = draw(logits, jax.random.fold_in(key, max_new_tokens - 1))
+        tokens = jnp.concatenate([toks.T, last[:, None]], axis=1)  # [B, N]
+        if return_logits:
+            return tokens, jnp.concatenate([jnp.swapaxes(used, 0, 1), logits[:, None]], axis=1)  # [B, N, V]
+        return tokens
+
+    return jax.jit(generate)
+
+
+# ---------------------------------------------------------------------------- loading a run
+def load_run(run_dir: str | Path, step: int | None = None):
+    """(RunConfig, Transformer, params, dataset codec) of a run directory's checkpoint (default: newest)."""
+    cfg, ds = load_codec(run_dir)
+    model, params = load_params(run_dir, cfg, step)
+    return cfg, model, params, ds
+
+
+def load_codec(run_dir: str | Path):
+    """(RunConfig, dataset for encode/decode) of a run: JSON files only, no corpus and no arrays."""
+    from train.config import load_run_config
+    from train.data import load_dataset_for_run
+
+    cfg = load_run_config(run_dir)
+    return cfg, load_dataset_for_run(run_dir, cfg.data)
+
+
+def load_params(run_dir: str | Path, cfg, step: int | None = None):
+    """(Transformer, params) restored from checkpoint ``step`` (default: newest) into an abstract target."""
+    from train.checkpoint import Checkpointer
+    from train.loop import CHECKPOINT_DIR
+    from train.step import abstract_state, make_optimizer
+
+    model = Transformer(cfg.model)
+    tx, _ = make_optimizer(cfg.train)
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{ckpt_dir} not found: the run has no checkpoint yet")
+    with Checkpointer(ckpt_dir, async_save=False) as ckpt:
+        state, _ = ckpt.restore(abstract_state(model, tx, cfg.seq_len), step)
+    return model, state.params
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.sample", description="Generate from a trained run.")
+    p.add_argument("run_dir", help="a run directory written by `python -m train`")
+    p.add_argument("--prompt", default=None, help="start text (default: a newline for text runs)")
+    p.add_argument("--max-new-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--greedy", action="store_true", help="argmax at every step (same as --temperature 0)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples of the prompt (the batch)")
+    p.add_argument("--context-shift", type=int, default=None, help="tokens dropped when the context is full")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    args = p.parse_args(argv)
+    try:
+        if args.max_new_tokens < 1 or args.num_samples < 1:
+            raise ValueError("--max-new-tokens and --num-samples must be >= 1")
+        sc = SamplingConfig(0.0 if args.greedy else args.temperature, args.top_k, args.top_p)
+        cfg, ds = load_codec(args.run_dir)
+        prompt = args.prompt if args.prompt is not None else ("\n" if cfg.data.task == "text" else None)
+        if not prompt:
+            raise ValueError(f"a {cfg.data.task} run needs --prompt (space-separated token ids)")
+        ids = np.asarray(ds.encode(prompt), np.int32)
+        if ids.size == 0:
+            raise ValueError("the prompt encodes to no tokens: give at least one character")
+        cropped = ids.size > cfg.model.max_len
+        ids = ids[-cfg.model.max_len :]
+        model, params = load_params(args.run_dir, cfg, args.step)
+        generate = make_generate(
+            model, ids.size, args.max_new_tokens, sc, context_shift=args.context_shift, vocab_limit=ds.vocab_size
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    prompts = jnp.asarray(np.tile(ids[None, :], (args.num_samples, 1)))
+    key = jax.random.key(args.seed)
+    t0 = time.perf_counter()
+    compiled = generate.lower(params, prompts, key).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tokens = np.asarray(compiled(params, prompts, key))  # the host copy waits for the result
+    seconds = time.perf_counter() - t0
+    for row in tokens:
+        print(prompt + ds.decode(row) if cfg.data.task == "text" else prompt + " | " + ds.decode(row))
+        if args.num_samples > 1:
+            print("-" * 40)
+    n = tokens.size
+    print(
+        f"[{n} new tokens in {seconds * 1e3:.1f} ms: {n / seconds:,.0f} tokens/s (batch {args.num_samples}; "
+        f"compile {compile_s:.1f} s excluded){'; prompt cropped to max_len' if cropped else ''}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The training step and the evaluation step: pure functions of (state, batch), jitted with optional shardings.
+
+    tx, schedule = make_optimizer(cfg.train, cfg.model)
+    state = init_state(model, tx, seed=0, seq_len=64)               # eval_shape, then init under jit
+    train_step = make_train_step(model, tx, cfg.train, schedule)      # jit, state donated
+    state, metrics = train_step(state, batch)                         # batch: inputs/targets/loss_mask [B, T]
+
+Sharding (model/sharding.py builds them): ``state_sharding`` is a TrainState-shaped pytree (or a prefix
+of one) of ``jax.sharding.Sharding``; ``batch_sharding`` the same for the batch dict. When given they
+become the jit's in/out shardings, and the state is born with them (``init_state(...,
+state_sharding=...)``), never materialised elsewhere first.
+
+Optimizer (nanoGPT's): AdamW with decoupled weight decay on the matrices and embeddings only (not
+biases or norm scales), global-norm clipping, a linear warmup then cosine decay (or constant).
+Gradient accumulation is a ``lax.scan`` over microbatches that sums the *unnormalised* masked loss
+and divides once by the total number of counted tokens, so the update equals the big batch's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from model.config import ModelConfig
+from model.transformer import Transformer
+from train.config import TrainConfig
+
+Batch = dict[str, jax.Array]  # inputs [B, T] int32, targets [B, T] int32, loss_mask [B, T] float32
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training. ``step`` counts optimizer updates (and is the data position)."""
+
+    step: jax.Array  # int32 scalar: updates applied so far; batch number `step` is the next one
+    params: Any  # the model's parameters (a plain nested dict)
+    opt_state: Any  # the optimizer's state (optax)
+
+
+# ---------------------------------------------------------------------------- optimizer
+def make_schedule(tc: TrainConfig) -> optax.Schedule:
+    """nanoGPT's get_lr: lr * (s+1)/(warmup+1) for s < warmup, then cosine to min_lr at decay_steps (or constant).
+
+    optax's linear warmup from lr/(warmup+1) to lr over ``warmup`` steps is exactly nanoGPT's formula.
+    """
+    lr, warmup = tc.lr, tc.warmup_steps
+    decay = tc.decay_steps if tc.decay_steps is not None else tc.steps
+    if tc.schedule == "constant":
+        if warmup == 0:
+            return optax.constant_schedule(lr)
+        return optax.join_schedules(
+            [optax.linear_schedule(lr / (warmup + 1), lr, warmup), optax.constant_schedule(lr)], [warmup]
+        )
+    if warmup == 0:
+        return optax.cosine_decay_schedule(lr, decay, alpha=tc.min_lr / lr)
+    return optax.warmup_cosine_decay_schedule(lr / (warmup + 1), lr, warmup, max(decay, warmup + 1), tc.min_lr)
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the parameters that get weight decay: matrices and embeddings (unscanned rank >= 2), as in nanoGPT.
+
+    Decided by name, so the extra leading layer axis of scanned block parameters does not count:
+    biases ('*bias') and norm scales ('scale') are never decayed, everything else is a map or an
+    embedding of rank >= 2 (``model.layers.LOGICAL_AXES``).
+    """
+
+    def decayed(path, leaf) -> bool:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "scale" or name == "bias" or name.endswith("_bias"):
+            return False
+        scanned = any(getattr(k, "key", None) == "blocks" for k in path)
+        return leaf.ndim - int(scanned) >= 2
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(clip -> AdamW with masked weight decay, the learning-rate schedule)."""
+    schedule = make_schedule(tc)
+    parts = []
+    if tc.grad_clip:  # None or 0 disables clipping
+        parts.append(optax.clip_by_global_norm(tc.grad_clip))
+    parts.append(
+        optax.adamw(schedule, b1=tc.beta1, b2=tc.beta2, eps=tc.eps, weight_decay=tc.weight_decay, mask=decay_mask)
+    )
+    return optax.chain(*parts), schedule
+
+
+# ---------------------------------------------------------------------------- state
+def state_initializer(model: Transformer, tx: optax.GradientTransformation, seed: int, seq_len: int) -> Callable:
+    """A function of no arguments that builds the TrainState (params from ``key(seed)``, fresh optimizer state)."""
+
+    def init() -> TrainState:
+        tokens = jnp.zeros((1, seq_len), jnp.int32)
+        params = model.init(jax.random.key(seed), tokens)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return init
+
+
+def abstract_state(model: Transformer, tx: optax.GradientTransformation, seq_len: int, state_sharding=None):
+    """The TrainState as ``jax.ShapeDtypeStruct`` leaves (no allocation), with shardings when given.
+
+    This is the target Orbax restores into. Without ``state_sharding`` every leaf gets the default
+    device's sharding, so a restored state lands where ``init_state`` would have put it.
+    """
+    shapes = jax.eval_shape(state_initializer(model, tx, 0, seq_len))
+    if state_sharding is None:
+        state_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = _broadcast_prefix(state_sharding, shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def init_state(
+    model: Transformer, tx: optax.GradientTransformation, *, seed: int, seq_len: int, state_sharding=None
+) -> TrainState:
+    """A fresh TrainState, initialised under jit (born with ``state_sharding`` when given)."""
+    init = state_initializer(model, tx, seed, seq_len)
+    jax.eval_shape(init)  # shape errors surface here, before anything is allocated
+    return jax.jit(init, out_shardings=state_sharding)()
+
+
+def _broadcast_prefix(prefix, tree):
+    """Expand a pytree prefix of shardings (e.g. one sharding for everything) to the full structure of ``tree``."""
+    treedef = jax.tree_util.tree_structure(prefix)  # shardings are leaves
+    subtrees = treedef.flatten_up_to(tree)
+    expanded = [jax.tree.map(lambda _, p=p: p, sub) for p, sub in zip(jax.tree.leaves(prefix), subtrees, strict=True)]
+    return treedef.unflatten(expanded)
+
+
+# ---------------------------------------------------------------------------- losses
+def masked_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sum of masked cross-entropies, number of masked positions predicted right, number of masked positions).
+
+    logits ``[B, T, V]``, targets ``[B, T]`` int, loss_mask ``[B, T]`` (1 = counts). Float32 scalars;
+    sums rather than means so that microbatches and eval batches add up exactly.
+    """
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)  # [B, T]
+    m = loss_mask.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return jnp.sum(losses * m), jnp.sum(correct * m), jnp.sum(m)
+
+
+def loss_and_grads(
+    model: Transformer, params, batch: Batch, rng: jax.Array, grad_accum: int = 1, train: bool = True
+) -> tuple[jax.Array, jax.Array, Any]:
+    """(masked mean loss, masked accuracy, gradient of the mean loss) of one batch, in ``grad_accum`` microbatches.
+
+    batch leaves ``[B, T]`` with B a multiple of ``grad_accum``; microbatch ``i`` gets dropout key
+    ``fold_in(rng, i)``. The gradient is the sum of the microbatches' gradients of the *summed* loss
+    divided by the batch's total count of masked positions: the big batch's gradient, up to the order
+    of float additions.
+    """
+
+    def summed_loss(p, micro, key):
+        logits = model.apply({"params": p}, micro["inputs"], train=train, rngs={"dropout": key})
+        loss_sum, correct, count = masked_sums(logits, micro["targets"], micro["loss_mask"])
+        return loss_sum, (correct, count)
+
+    grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
+    if grad_accum == 1:
+        (loss_sum, (correct, count)), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
+    else:
+        # [B, T] -> [A, B/A, T]: microbatch i is rows i*B/A .. (i+1)*B/A - 1 of the batch
+        micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+        def body(carry, xs):
+            i, mb = xs
+            (ls, (c, n)), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, carry, (g, ls, c, n)), None
+
+        zero = jnp.zeros((), jnp.float32)
+        init = (jax.tree.map(jnp.zeros_like, params), zero, zero, zero)
+        (grads, loss_sum, correct, count), _ = jax.lax.scan(body, init, (jnp.arange(grad_accum), micro))
+    denom = jnp.maximum(count, 1.0)  # a batch with nothing to count has loss 0 and zero gradients
+    grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
+    return loss_sum / denom, correct / denom, grads
+
+
+# ---------------------------------------------------------------------------- steps
+def make_train_step(
+    model: Transformer,
+    tx: optax.GradientTransformation,
+    tc: TrainConfig,
+    schedule: optax.Schedule | None = None,
+    *,
+    state_sharding=None,
+    batch_sharding=None,
+    donate: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The jitted step ``(state, batch) -> (state + one update, metrics)``; the input state is donated.
+
+    metrics: ``loss`` (masked mean cross-entropy of this batch, before the update), ``accuracy``
+    (masked), ``grad_norm`` (global norm before clipping), ``lr`` (of this update); float32 scalars.
+    Dropout key of step s: ``fold_in(key(tc.seed), s)``, so a resumed run draws the same masks.
+    """
+    base_key = tc.seed
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(jax.random.key(base_key), state.step)
+        loss, accuracy, grads = loss_and_grads(model, state.params, batch, rng, tc.grad_accum)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
+        metrics["lr"] = jnp.asarray(schedule(state.step) if schedule is not None else jnp.nan, jnp.float32)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    kwargs: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
+    if state_sharding is not None or batch_sharding is not None:
+        kwargs["in_shardings"] = (state_sharding, batch_sharding)
+        kwargs["out_shardings"] = (state_sharding, None)
+    return jax.jit(step, **kwargs)
+
+
+def make_eval_step(model: Transformer, *, params_sharding=None, batch_sharding=None) -> Callable[[Any, Batch], Metrics]:
+    """The jitted ``(params, batch) -> {'loss_sum', 'correct', 'count'}`` (sums over masked positions, float32)."""
+
+    def evaluate(params, batch: Batch) -> Metrics:
+        logits = model.apply({"params": params}, batch["inputs"], train=False)
+        loss_sum, correct, count = masked_sums(logits, batch["targets"], batch["loss_mask"])
+        return {"loss_sum": loss_sum, "correct": correct, "count": count}
+
+    kwargs: dict[str, Any] = {}
+    if params_sharding is not None or batch_sharding is not None:
+        kwargs["in_shardings"] = (params_sharding, batch_sharding)
+    return jax.jit(evaluate, **kwargs)
+
+
+# ---------------------------------------------------------------------------- all of it, compiled once
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The model, optimizer and jitted functions of one (model config, train config, seq_len)."""
+
+    model: Transformer
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    seq_len: int
+    init: Callable[[], TrainState]  # jitted; a fresh state (with the state sharding when given)
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+    eval_step: Callable[[Any, Batch], Metrics]
+    state_sharding: Any = None
+
+    def abstract_state(self):
+        return abstract_state(self.model, self.tx, self.seq_len, self.state_sharding)
+
+
+def build_steps(
+    model_config: ModelConfig, tc: TrainConfig, seq_len: int, *, state_sharding=None, batch_sharding=None
+) -> Steps:
+    """Model, optimizer and jitted init / train / eval steps. Unsharded builds are cached per (configs, seq_len).
+
+    jax.jit caches compiled executables per function object, so the cache lets several runs in one
+    process (a sweep, a resumed run, the tests) share compilations.
+    """
+    if state_sharding is None and batch_sharding is None:
+        # fields that only say when to log, evaluate or save do not change the compiled functions
+        key = dataclasses.replace(
+            tc,
+            eval_every=1,
+            eval_batches=1,
+            log_every=1,
+            checkpoint_every=1,
+            keep_checkpoints=1,
+            async_checkpoint=False,
+        )
+        if tc.schedule == "constant" or tc.decay_steps is not None:  # then the schedule ignores train.steps
+            key = dataclasses.replace(key, steps=max(1, tc.warmup_steps))
+        return _cached_steps(model_config, key, seq_len)
+    return _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_steps(model_config: ModelConfig, tc: TrainConfig, seq_len: int) -> Steps:
+    return _build_steps(model_config, tc, seq_len, None, None)
+
+
+def _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding) -> Steps:
+    model = Transformer(model_config)
+    tx, schedule = make_optimizer(tc)
+    init = jax.jit(state_initializer(model, tx, tc.seed, seq_len), out_shardings=state_sharding)
+    train_step = make_train_step(model, tx, tc, schedule, state_sharding=state_sharding, batch_sharding=batch_sharding)
+    params_sharding = state_sharding.params if state_sharding is not None else None
+    eval_step = make_eval_step(model, params_sharding=params_sharding, batch_sharding=batch_sharding)
+    return Steps(model, tx, schedule, seq_len, init, train_step, eval_step, state_sharding)
