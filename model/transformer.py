@@ -99,11 +99,12 @@ class Transformer(nn.Module):
 
         # ---- unembed: logits over the vocabulary, in float32
         x = make_norm(cfg, "norm_final")(x)
-        if cfg.tie_embeddings:
-            logits = embed.attend(x.astype(dtype_of(cfg.dtype)))
+        if cfg.tie_embeddings:  # the unembedding is the embedding table, transposed: [D, V]
+            w = embed.embedding.T
         else:
             w = self.param("unembed", _normal(cfg.init_std), (cfg.d_model, cfg.vocab_size), pdt)
-            logits = x.astype(dtype_of(cfg.dtype)) @ w.astype(dtype_of(cfg.dtype))
+        cdt = dtype_of(cfg.dtype)  # the unembedding matmul runs in the compute dtype like every other
+        logits = x.astype(cdt) @ w.astype(cdt)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))  # no-op outside use_mesh
 
 
