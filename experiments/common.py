@@ -9,7 +9,7 @@ per claim, each computed from the results (a :class:`Claim` holds the numbers it
     report.table(["h", "val loss"], rows)
     report.figure(path, "validation loss against h")
     report.claim(Claim("h=32 worse than h=4 by >= 0.05 nats", delta >= 0.05, f"delta = {delta:.3f}"))
-    report.write(out)          # OUT/report.md and OUT/results.json
+    report.write(out)          # OUT/report.md and OUT/report.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 REPORT_FILE = "report.md"
-RESULTS_FILE = "results.json"
+RESULTS_FILE = "report.json"
 
 
 # ---------------------------------------------------------------------------- command line
@@ -168,13 +168,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits
 
 @dataclass
 class Report:
-    """A markdown report built section by section, written with its machine-readable twin (results.json)."""
+    """A markdown report built section by section, written with its machine-readable twin (report.json)."""
 
     title: str
     command: str
     parts: list[str] = field(default_factory=list)
     claims: list[Claim] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)  # saved to results.json (tables' numbers)
+    data: dict[str, Any] = field(default_factory=dict)  # saved to report.json (tables' numbers)
 
     def text(self, s: str) -> None:
         self.parts.append(s.strip())
@@ -231,3 +231,57 @@ def print_summary(report: Report, path: Path) -> None:
     for c in report.claims:
         print(c.line().replace("**", ""))
     print(f"report: {path}")
+
+
+# ---------------------------------------------------------------------------- tiny Shakespeare settings
+# A few lines of the play in the corpus, for --smoke runs: they need no corpus file (CI has none).
+SMOKE_TEXT = """First Citizen:
+Before we proceed any further, hear me speak.
+
+All:
+Speak, speak.
+
+First Citizen:
+You are all resolved rather to die than to famish?
+
+All:
+Resolved. resolved.
+
+First Citizen:
+First, you know Caius Marcius is chief enemy to the people.
+"""
+
+
+def smoke_text(out: Path) -> Path:
+    """Write the smoke corpus (SMOKE_TEXT, repeated) into ``out`` and return its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "smoke.txt"
+    path.write_text(SMOKE_TEXT * 20)
+    return path
+
+
+def shakespeare_overrides(steps: int, smoke: bool, out: Path) -> list[str]:
+    """Fixed overrides of the 'shakespeare-char-cpu' preset for an experiment: ``steps`` steps with the
+    cosine schedule compressed to them (nanoGPT's 2000 when steps=2000), or a tiny model for --smoke."""
+    if smoke:
+        return [
+            f"data.path={smoke_text(out)}",
+            "model.n_layers=1",
+            "model.d_model=32",
+            "model.max_len=16",
+            "train.batch_size=4",
+            "train.steps=3",
+            "train.warmup_steps=1",
+            "train.decay_steps=3",
+            "train.eval_every=3",
+            "train.eval_batches=1",
+            "train.checkpoint_every=3",
+        ]
+    return [
+        f"train.steps={steps}",
+        f"train.decay_steps={steps}",
+        f"train.warmup_steps={min(100, steps // 10)}",
+        f"train.eval_every={max(1, steps // 4)}",
+        "train.eval_batches=20",
+        f"train.checkpoint_every={steps}",
+    ]

@@ -562,6 +562,28 @@ def print_commands(sweep: Sweep, out: Path, stream=None) -> None:
             print(shlex.join(train_command(sweep, p, out)), file=stream)
 
 
+def run_for_experiment(
+    sweep: Sweep, out: Path, args, log: Callable[[str], None] = print
+) -> list[dict[str, Any]] | None:
+    """An experiment's sweep under its command-line options (experiments.common.experiment_parser).
+
+    ``--print-commands`` prints the training commands and ``--slurm FILE`` writes the array script
+    (both return None: nothing was trained here); otherwise the points run (finished ones skipped).
+    """
+    out = Path(out)
+    if getattr(args, "print_commands", False):
+        print_commands(sweep, out)
+        return None
+    if getattr(args, "slurm", None):
+        sweep.check()
+        out.mkdir(parents=True, exist_ok=True)
+        write_spec(sweep, out)
+        args.slurm.write_text(slurm_script(sweep, out, args.slurm))
+        print(f"wrote {args.slurm} ({len(sweep.points())} tasks); after they finish, rerun this command for the report")
+        return None
+    return run_sweep(sweep, out, workers=args.workers, runner=args.runner, log=log)
+
+
 # ---------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

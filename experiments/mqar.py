@@ -1,0 +1,177 @@
+"""Multi-query associative recall (Zoology, Arora et al. 2023): attention with 1 and 2 layers.
+
+    python -m experiments.mqar                  # ~5 CPU minutes: 2 depths x 1 seed, 2000 steps each
+    python -m experiments.mqar --seeds 0 1 2    # more seeds
+    python -m experiments.mqar --smoke          # seconds: tiny, checks the pipeline only
+
+Task (``data.task=mqar``, train/data.py): 4 key-value pairs, then each key queried once among filler
+tokens; the loss counts only the value after a query key. Vocabulary 256 (keys from the lower
+half, values from the upper), length 64, d_model 64, 4 heads, MLPs on (Zoology's setting).
+Answering a query needs the value that *followed* the matching key: one attention layer can find
+the key's earlier occurrence but its value sits one position later, so (as for induction heads)
+two layers are needed: a previous-token step that tags each value with its key, then the lookup.
+
+Claims (acceptance): 2 layers reach val accuracy >= 0.95 within 2000 steps; 1 layer stays <= 0.4.
+Every point is a `python -m train --config mqar ...` run of a sweep (experiments/sweep.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from experiments.common import (
+    Claim,
+    Report,
+    command_line,
+    default_out,
+    eval_records,
+    experiment_parser,
+    print_summary,
+    pyplot,
+)
+from experiments.sweep import Sweep, run_for_experiment
+
+NAME = "mqar"
+STEPS = 2000
+
+
+def make_sweep(smoke: bool, seeds=(0,)) -> Sweep:
+    if smoke:
+        fixed = [
+            "data.vocab_size=16",
+            "data.n_pairs=2",
+            "model.vocab_size=16",
+            "model.max_len=16",
+            "model.d_model=16",
+            "model.n_heads=2",
+            "train.batch_size=8",
+            "train.steps=4",
+            "train.warmup_steps=1",
+            "train.eval_every=2",
+            "train.eval_batches=1",
+            "train.checkpoint_every=4",
+        ]
+    else:
+        fixed = [
+            "data.vocab_size=256",
+            "data.n_pairs=4",
+            "model.vocab_size=256",
+            "model.max_len=64",
+            "model.d_model=64",
+            "model.n_heads=4",
+            "train.batch_size=64",
+            f"train.steps={STEPS}",
+            "train.eval_every=100",
+            "train.eval_batches=8",
+            "train.checkpoint_every=1000",
+        ]
+    return Sweep.make(NAME, "mqar", fixed, {"model.n_layers": [1, 2], "train.seed": list(seeds)})
+
+
+def first_step_reaching(records: list[dict[str, Any]], threshold: float) -> int | None:
+    for r in records:
+        if r["val_accuracy"] >= threshold:
+            return r["step"]
+    return None
+
+
+def claims(rows: list[dict[str, Any]], steps: int) -> list[Claim]:
+    two = [r for r in rows if r["model.n_layers"] == "2"]
+    one = [r for r in rows if r["model.n_layers"] == "1"]
+    reach = [first_step_reaching(eval_records(r["run_dir"]), 0.95) for r in two]
+    return [
+        Claim(
+            f"2-layer attention reaches MQAR accuracy >= 0.95 within {steps} steps (every seed)",
+            bool(two) and all(s is not None and s <= steps for s in reach),
+            ", ".join(
+                f"seed {r['train.seed']}: first >= 0.95 at step {s if s is not None else 'never'} (final {r['val_accuracy']:.3f})"
+                for r, s in zip(two, reach, strict=True)
+            ),
+        ),
+        Claim(
+            "1-layer attention stays <= 0.4 (every seed)",
+            bool(one) and all(r["val_accuracy"] <= 0.4 for r in one),
+            ", ".join(f"seed {r['train.seed']}: {r['val_accuracy']:.3f}" for r in one),
+        ),
+    ]
+
+
+def write_report(out: Path, sweep: Sweep, rows: list[dict[str, Any]], command: str, smoke: bool):
+    plt = pyplot()
+    failed = [r for r in rows if r["status"] != "ok"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    steps = int(next(x.partition("=")[2] for x in sweep.fixed if x.startswith("train.steps=")))
+    rep = Report("Multi-query associative recall (Zoology): 1 vs 2 attention layers", command)
+    for c in claims(ok, steps if not smoke else steps):
+        rep.claim(c)
+    rep.text(
+        "Each run: `python -m train --config mqar "
+        + " ".join(sweep.fixed)
+        + " model.n_layers=L train.seed=S`."
+        + (" **Smoke run: tiny model, a few steps; the numbers mean nothing.**" if smoke else "")
+    )
+    table = []
+    for r in ok:
+        recs = eval_records(r["run_dir"])
+        table.append(
+            [
+                int(r["model.n_layers"]),
+                int(r["train.seed"]),
+                r["val_accuracy"],
+                r["val_loss"],
+                first_step_reaching(recs, 0.95),
+                r["wall_s"],
+            ]
+        )
+    rep.table(["layers", "seed", "val accuracy", "val loss", "first step >= 0.95", "wall s"], table)
+    if failed:
+        rep.text("Failed points: " + "; ".join(f"{r['id']}: {r.get('error')}" for r in failed))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in ok:
+        recs = eval_records(r["run_dir"])
+        ax.plot(
+            [x["step"] for x in recs],
+            [x["val_accuracy"] for x in recs],
+            marker=".",
+            label=f"{r['model.n_layers']} layer(s), seed {r['train.seed']}",
+        )
+    ax.axhline(0.95, color="gray", ls="--", lw=0.8)
+    ax.set(
+        xlabel="step", ylabel="val accuracy (query positions)", ylim=(0, 1.02), title="MQAR: accuracy during training"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    rep.figure(path, "validation accuracy on the query positions against step (dashed: 0.95)", out)
+    for r in ok:
+        if r["model.n_layers"] == "2":
+            rep.figure(
+                Path(r["run_dir"]) / "attention.png",
+                f"attention patterns of the 2-layer model (seed {r['train.seed']})",
+                out,
+            )
+            break
+    rep.data = {"rows": rows}
+    return rep.write(out), rep
+
+
+def main(argv: list[str] | None = None):
+    p = experiment_parser(NAME, __doc__)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = p.parse_args(argv)
+    out = default_out(NAME, args)
+    sweep = make_sweep(args.smoke, args.seeds)
+    rows = run_for_experiment(sweep, out, args)
+    if rows is None:
+        return None
+    path, rep = write_report(out, sweep, rows, command_line(NAME, argv), args.smoke)
+    print_summary(rep, path)
+    return {"report": path, "claims": rep.claims, "rows": rows}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The value map: factored into value-down and value-up (the lecture) against a full-rank D x D map per head.
+
+    python -m experiments.value_map              # 2 maps x 2 seeds on tiny Shakespeare, --steps each
+    python -m experiments.value_map --smoke      # seconds: tiny model, checks the pipeline only
+
+The lecture first explains each head's value map as a D x D matrix (read the residual stream,
+write a change to it), then factors it: value-down D -> Dh, then value-up Dh -> D (value_up is the
+usual output projection W_O, shared in form by all heads). The factored map has rank <= Dh and
+2 D Dh parameters per head instead of D^2. ``model.value_map=full`` keeps one full D x D map per
+head (the residual-stream output of each head is then summed as before).
+
+Reported: parameters per component (``model.params.analytic_counts``, checked against the shapes
+``jax.eval_shape`` traces) and validation loss. Claims: the analytic counts match the traced ones
+for both maps; the factored model's loss is within 0.05 nats of the full one's while using fewer
+parameters (reported, whichever way it falls: not an acceptance criterion of the issue).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from experiments.common import (
+    Claim,
+    Report,
+    command_line,
+    default_out,
+    eval_records,
+    experiment_parser,
+    mean,
+    print_summary,
+    pyplot,
+    shakespeare_overrides,
+    spread,
+)
+from experiments.sweep import Sweep, run_for_experiment
+
+NAME = "value_map"
+STEPS = 1000
+SEEDS = (0, 1)
+MAPS = ("factored", "full")
+
+
+def make_sweep(smoke: bool, out: Path, steps: int = STEPS, seeds=SEEDS) -> Sweep:
+    if smoke:
+        seeds = (0,)
+    fixed = shakespeare_overrides(steps, smoke, out)
+    return Sweep.make(NAME, "shakespeare-char-cpu", fixed, {"model.value_map": list(MAPS), "train.seed": list(seeds)})
+
+
+def param_table(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """Per value map: the analytic and traced counts (whole model) of the config every run of it trains."""
+    from model.params import analytic_counts, traced_counts
+    from train.config import apply_overrides, get_preset
+
+    out = {}
+    for m in MAPS:
+        cfg = apply_overrides(get_preset(sweep.base), [*sweep.fixed, f"model.value_map={m}"]).model
+        a, t = analytic_counts(cfg), traced_counts(cfg)
+        value = sum(v for k, v in a.items() if k.startswith("value"))
+        out[m] = {"analytic": a, "traced": t, "value": value, "total": sum(a.values()), "config": cfg}
+    return out
+
+
+def claims(params: dict[str, dict[str, Any]], losses: dict[str, dict[str, Any]]) -> list[Claim]:
+    out = [
+        Claim(
+            "the analytic parameter counts equal the traced ones (jax.eval_shape) for both maps",
+            all(p["analytic"] == p["traced"] for p in params.values()),
+            ", ".join(
+                f"{m}: {p['total']:,} analytic vs {sum(p['traced'].values()):,} traced" for m, p in params.items()
+            ),
+        )
+    ]
+    if all(m in losses for m in MAPS):
+        d = losses["factored"]["mean"] - losses["full"]["mean"]
+        out.append(
+            Claim(
+                "the factored value map loses <= 0.05 nats against the full-rank one, with fewer parameters",
+                d <= 0.05 and params["factored"]["value"] < params["full"]["value"],
+                f"val loss factored {losses['factored']['mean']:.3f} vs full {losses['full']['mean']:.3f} ({d:+.3f}); "
+                f"value parameters {params['factored']['value']:,} vs {params['full']['value']:,}",
+                acceptance=False,
+            )
+        )
+    return out
+
+
+def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps: int):
+    plt = pyplot()
+    params = param_table(sweep)
+    losses: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            losses.setdefault(r["model.value_map"], {"losses": {}})["losses"][int(r["train.seed"])] = r["val_loss"]
+    for e in losses.values():
+        e["mean"], e["pm"] = mean(e["losses"].values()), spread(e["losses"].values())
+    rep = Report("The value map: factored (value-down, value-up) vs full-rank D x D per head", command)
+    for c in claims(params, losses):
+        rep.claim(c)
+    cfg = params["factored"]["config"]
+    rep.text(
+        f"Runs: `python -m train --config shakespeare-char-cpu {' '.join(sweep.fixed)} model.value_map=M train.seed=S` "
+        f"(D = {cfg.d_model}, H = {cfg.n_heads}, Dh = {cfg.head_dim}, L = {cfg.n_layers}). "
+        + (
+            "**Smoke run: tiny model, a few steps; the numbers mean nothing.**"
+            if smoke
+            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them."
+        )
+    )
+    rep.heading("Parameters (model.params.analytic_counts)")
+    comps = sorted({k for p in params.values() for k in p["analytic"]})
+    rep.table(
+        ["component", *MAPS],
+        [[k, *[params[m]["analytic"].get(k) for m in MAPS]] for k in comps]
+        + [["total", *[params[m]["total"] for m in MAPS]]],
+    )
+    d, h, dh, layers = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.n_layers
+    rep.text(
+        f"Per layer: factored value-down D x H x Dh + value-up H x Dh x D = 2 x {d} x {h} x {dh} = {2 * d * h * dh:,}; "
+        f"full H x D x D = {h} x {d} x {d} = {h * d * d:,} ({h * d * d / (2 * d * h * dh):.1f}x), times L = {layers}."
+    )
+    rep.heading("Validation loss")
+    seeds = sorted({int(r["train.seed"]) for r in rows})
+    rep.table(
+        ["value map", *[f"val loss seed {s}" for s in seeds], "mean", "+-", "value params", "total params"],
+        [
+            [
+                m,
+                *[losses[m]["losses"].get(s) for s in seeds],
+                losses[m]["mean"],
+                losses[m]["pm"],
+                params[m]["value"],
+                params[m]["total"],
+            ]
+            for m in MAPS
+            if m in losses
+        ],
+    )
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        rep.text("Failed points: " + "; ".join(f"{r['id']}: {r.get('error')}" for r in failed))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, m in enumerate(MAPS):
+        for r in rows:
+            if r["status"] == "ok" and r["model.value_map"] == m:
+                recs = eval_records(r["run_dir"])
+                ax.plot(
+                    [x["step"] for x in recs],
+                    [x["val_loss"] for x in recs],
+                    color=f"C{i}",
+                    marker=".",
+                    label=f"{m} (seed {r['train.seed']})",
+                )
+    ax.set(xlabel="step", ylabel="val loss (nats/char)", title="validation loss: factored vs full value map")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "value_map.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    rep.figure(path, "validation loss during training", out)
+    rep.data = {
+        "params": {m: {k: v for k, v in p.items() if k != "config"} for m, p in params.items()},
+        "losses": losses,
+        "rows": rows,
+    }
+    return rep.write(out), rep
+
+
+def main(argv: list[str] | None = None):
+    p = experiment_parser(NAME, __doc__)
+    p.add_argument("--steps", type=int, default=STEPS, help=f"training steps per run (default {STEPS})")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    args = p.parse_args(argv)
+    out = default_out(NAME, args)
+    sweep = make_sweep(args.smoke, out, args.steps, args.seeds)
+    rows = run_for_experiment(sweep, out, args)
+    if rows is None:
+        return None
+    path, rep = write_report(out, sweep, rows, command_line(NAME, argv), args.smoke, args.steps)
+    print_summary(rep, path)
+    return {"report": path, "claims": rep.claims, "rows": rows}
+
+
+if __name__ == "__main__":
+    main()

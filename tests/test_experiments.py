@@ -1,0 +1,248 @@
+"""The experiments: every --smoke run end to end (tiny models, in this process), the pieces they compute
+checked against independent references, and (marked slow) every full run asserting its acceptance claims.
+
+Smoke runs train real tiny models with the real training loop and checkpoints; they check that each
+report is written with its command, tables, PNGs and one PASS/FAIL line per claim. Their numbers
+mean nothing, so their claims are not asserted; the slow tests run the full experiments and do.
+Runs happen in this process (``--runner inprocess``) so compiled steps are shared between
+experiments whose tiny configs coincide.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train.data as data
+from experiments import context, heads, induction, masking, mqar, positions, show_attention, value_map
+from experiments.common import Claim, Report, loglog_slope, markdown_table
+
+INPROCESS = ["--runner", "inprocess"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "token-cache"))
+
+
+def check_report(out: Path, n_claims: int, pngs: list[str], command: str) -> str:
+    """The report exists, names its command, has ``n_claims`` PASS/FAIL lines and embeds existing PNGs."""
+    text = (out / "report.md").read_text()
+    assert command in text
+    verdicts = re.findall(r"^- \*\*(PASS|FAIL)\*\* ", text, flags=re.M)
+    assert len(verdicts) == n_claims, text
+    for name in pngs:
+        assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
+        assert f"]({name})" in text, name
+    saved = json.loads((out / "report.json").read_text())
+    assert [c["passed"] for c in saved["claims"]] == [v == "PASS" for v in verdicts]
+    return text
+
+
+# ---------------------------------------------------------------------------- shared helpers
+def test_loglog_slope_recovers_exponents():
+    x = np.array([256, 512, 1024, 2048])
+    assert loglog_slope(x, 3.0 * x**2.0) == pytest.approx(2.0)
+    assert loglog_slope(x, 0.5 * x) == pytest.approx(1.0)
+    assert np.isnan(loglog_slope([1], [1]))
+
+
+def test_report_renders_claims_tables_and_figures(tmp_path):
+    rep = Report("T", "python -m experiments.x --smoke")
+    rep.claim(Claim("a", True, "1 >= 0"))
+    rep.claim(Claim("b", False, "0 >= 1", acceptance=False))
+    rep.table(["k", "v"], [["x", 1.23456], ["y", None]])
+    rep.figure(tmp_path / "f.png", "cap", tmp_path)
+    text = rep.render()
+    assert "- **PASS** a: 1 >= 0" in text
+    assert "- **FAIL** b (reported, not an acceptance criterion): 0 >= 1" in text
+    assert "| x | 1.235 |" in text and "| y | – |" in text and "![cap](f.png)" in text
+    assert markdown_table(["a"], [[1]]).splitlines()[1] == "|---:|"
+
+
+# ---------------------------------------------------------------------------- induction
+def test_shifted_induction_targets_follow_the_earlier_occurrence():
+    rng = np.random.default_rng(0)
+    seqs, mask, period = induction.shifted_induction_sequences(rng, 256, 64, 64, 16)
+    assert seqs.shape == (256, 65) and mask.shape == (256, 64)
+    assert (seqs[:, 0] == 64).all() and len(set(period.tolist())) > 10  # BOS; the period varies
+    inputs, targets = seqs[:, :-1], seqs[:, 1:]
+    for b in range(256):  # a loop, independent of the vectorised construction
+        L = int(period[b])
+        start2 = 64 - L + 1
+        assert list(seqs[b, start2 : start2 + L]) == list(seqs[b, start2 - L : start2])  # the repeat
+        rows = np.flatnonzero(mask[b])
+        assert list(rows) == list(range(start2, 64))  # every predictable position, and only those
+        for t in rows:
+            assert targets[b, t] == inputs[b, t - L + 1]
+    # the repeat starts at different positions, so no fixed offset predicts it
+    assert len(set((64 - period + 1).tolist())) > 10
+
+
+def test_head_scores_on_constructed_patterns():
+    L, B, H, T = 2, 3, 2, 16
+    period = np.array([6, 7, 8])
+    mask = np.zeros((B, T), bool)
+    for b in range(B):
+        mask[b, T - period[b] + 1 :] = True
+    pat = np.zeros((L, B, H, T, T))
+    pat[...] = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]  # uniform causal attention
+    for b in range(B):
+        for t in range(T):
+            if mask[b, t]:
+                pat[1, b, 0, t] = 0
+                pat[1, b, 0, t, t - period[b] + 1] = 1.0  # an ideal induction head
+                pat[0, b, 1, t] = 0
+                pat[0, b, 1, t, t - 1] = 1.0  # an ideal previous-token head
+    prefix, previous = induction.head_scores(pat, mask, period)
+    assert prefix[1, 0] == pytest.approx(1.0) and previous[0, 1] == pytest.approx(1.0)
+    queries = [t for b in range(B) for t in range(T) if mask[b, t]]
+    assert prefix[0, 0] == pytest.approx(np.mean([1 / (t + 1) for t in queries]))
+
+
+def test_induction_smoke(tmp_path):
+    out = tmp_path / "induction"
+    r = induction.main(["--smoke", "--out", str(out)])
+    text = check_report(
+        out, 2, ["loss_by_position.png", "accuracy.png", "attention_grid.png", "induction_head.png"], "--smoke"
+    )
+    assert "Prefix-matching and previous-token scores per head" in text
+    runs = r["results"]["runs"]
+    assert {(x["task"], x["layers"]) for x in runs} == {("shifted", 1), ("shifted", 2)}
+    for x in runs:  # scores are attention weights: in [0, 1]
+        assert np.all((0 <= x["prefix_matching"]) & (x["prefix_matching"] <= 1))
+        assert x["prefix_matching"].shape == (x["layers"], 2)
+
+
+# ---------------------------------------------------------------------------- sweeps of tiny Shakespeare runs
+@pytest.fixture(scope="module")
+def masking_smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("masking")
+    return out, masking.main(["--smoke", "--out", str(out), *INPROCESS])
+
+
+def test_masking_smoke(masking_smoke):
+    out, r = masking_smoke
+    text = check_report(out, 3, ["masking.png"], "--smoke")
+    assert "Samples (prompt | generated" in text
+    res = r["results"]
+    # for the causal model, token-by-token decoding through the KV cache computes the full pass's function
+    m = res["masked"]
+    np.testing.assert_allclose(m["generation_view_by_position"], m["train_view_by_position"], rtol=1e-4, atol=1e-5)
+    assert not res["unmasked"]["causal"] and m["causal"]
+    assert all("|" in s for s in m["samples"])
+
+
+def test_show_attention_draws_every_head(masking_smoke, tmp_path, capsys):
+    out, r = masking_smoke
+    run_dir = r["results"]["masked"]["run_dir"]
+    png = tmp_path / "pat.png"
+    assert show_attention.main([run_dir, "--prompt", "First Citizen", "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
+    assert "1 layers x 4 heads, 13 tokens" in capsys.readouterr().out
+    pat, labels, _ = show_attention.patterns_for_prompt(run_dir, "Speak")
+    assert pat.shape == (1, 4, 5, 5) and labels == list("Speak")
+    np.testing.assert_allclose(pat.sum(-1), 1.0, rtol=1e-5)  # rows of a pattern sum to 1
+    assert np.all(np.triu(pat, k=1) == 0)  # causal: nothing above the diagonal
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("Speak §", r"error: prompt character '§' \(U\+00A7\) at position 6 is not in the \d+-character vocabulary"),
+        ("Speak" * 8, r"error: the prompt has 40 tokens but the model's context is max_len=16: shorten the prompt"),
+    ],
+)
+def test_show_attention_bad_prompt_is_one_line(masking_smoke, prompt, message, capsys):
+    run_dir = masking_smoke[1]["results"]["masked"]["run_dir"]
+    assert show_attention.main([run_dir, "--prompt", prompt]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(message + ".*", err) and "\n" not in err
+
+
+def test_show_attention_not_a_run(tmp_path, capsys):
+    assert show_attention.main([str(tmp_path), "--prompt", "a"]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_value_map_smoke(tmp_path):
+    out = tmp_path / "value_map"
+    r = value_map.main(["--smoke", "--out", str(out), *INPROCESS])
+    text = check_report(out, 2, ["value_map.png"], "--smoke")
+    assert r["claims"][0].passed  # analytic == traced parameter counts: a property of the code, not of training
+    assert "| value |" in text and "| value_down |" in text
+
+
+def test_heads_smoke(tmp_path):
+    out = tmp_path / "heads"
+    heads.main(["--smoke", "--out", str(out), *INPROCESS])
+    text = check_report(out, 2, ["heads.png", "curves_heads.png"], "--smoke")
+    assert "| 1 | 32 |" in text and "| 8 | 4 |" in text  # h and d_head = 32 / h
+    assert "5.290" in text  # the paper's h=1 dev perplexity beside ours
+
+
+def test_positions_smoke(tmp_path):
+    out = tmp_path / "positions"
+    r = positions.main(["--smoke", "--out", str(out), *INPROCESS])
+    check_report(out, 2, ["positions.png"], "--smoke")
+    assert [x["model.positions"] for x in r["rows"]] == list(positions.KINDS)
+    assert all(x["status"] == "ok" for x in r["rows"])
+
+
+def test_mqar_smoke(tmp_path):
+    out = tmp_path / "mqar"
+    mqar.main(["--smoke", "--out", str(out), *INPROCESS])
+    check_report(out, 2, ["accuracy.png"], "--smoke")
+
+
+def test_experiment_print_commands(tmp_path, capsys):
+    assert heads.main(["--out", str(tmp_path), "--print-commands"]) is None
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(heads.HEADS) * len(heads.SEEDS)
+    assert all(x.startswith("python -m train --no-progress --config shakespeare-char-cpu") for x in lines)
+    assert "model.n_heads=32 train.seed=1" in lines[-1]
+
+
+def test_context_smoke(tmp_path):
+    out = tmp_path / "context"
+    r = context.main(["--smoke", "--out", str(out)])
+    check_report(out, 2, ["context.png"], "--smoke")
+    rows = r["rows"]
+    assert {x["impl"] for x in rows} == {"reference", "xla", "chunked"} and all(x["bytes"] > 0 for x in rows)
+    # the reference implementation materialises the T x T pattern: its scratch grows 4x per doubling of T
+    ref = sorted((x["T"], x["bytes"]) for x in rows if x["impl"] == "reference" and x["mode"] == "fwd")
+    assert r["slopes"][("reference", "fwd")]["memory"] == pytest.approx(loglog_slope(*zip(*ref, strict=True)))
+
+
+# ---------------------------------------------------------------------------- claim logic on constructed results
+def test_heads_claims_follow_the_numbers():
+    def summary(losses):
+        return {h: {"h": h, "d_head": 128 // h, "mean": v, "pm": 0.0} for h, v in losses.items()}
+
+    c = heads.claims(summary({1: 1.60, 4: 1.55, 32: 1.62}))
+    assert [x.passed for x in c] == [False, True]  # h=32 only 0.02 worse than h=1; h=1 worse than h=4
+    c = heads.claims(summary({1: 1.60, 4: 1.55, 32: 1.70}))
+    assert c[0].passed and "h=32 (d_head 4) - h=1: +0.100" in c[0].detail
+    c = heads.claims(summary({1: 1.50, 4: 1.55, 32: 1.70}))
+    assert c[0].passed and not c[1].passed and not c[1].acceptance  # one head best here: reported as FAIL
+
+
+def test_positions_claims_follow_the_numbers():
+    s = {k: {"mean": v, "pm": 0.01} for k, v in {"learned": 1.60, "sinusoidal": 1.63, "none": 1.70}.items()}
+    assert [c.passed for c in positions.claims(s)] == [True, True]
+    s["sinusoidal"]["mean"], s["none"]["mean"] = 1.70, 1.58
+    assert [c.passed for c in positions.claims(s)] == [False, False]
+
+
+# ---------------------------------------------------------------------------- the full experiments (slow)
+@pytest.mark.slow
+@pytest.mark.parametrize("module", [induction, mqar, masking, value_map, heads, positions, context])
+def test_full_experiment_meets_its_acceptance_claims(module, tmp_path):
+    argv = ["--out", str(tmp_path / module.NAME)]
+    r = module.main(argv)
+    failed = [c.line() for c in r["claims"] if c.acceptance and not c.passed]
+    assert not failed, failed
