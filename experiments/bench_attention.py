@@ -15,7 +15,7 @@ What is measured:
 - fwd+bwd: the gradient of ``sum(out)`` with respect to q, k and v (all three returned).
 - extra memory, JAX: ``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``, XLA's
   own account of the scratch buffers the compiled program needs beyond its inputs and outputs.
-- extra memory, torch: peak resident set size (``ru_maxrss``) of a fresh subprocess minus its
+- extra memory, torch: peak resident set size (VmHWM) of a fresh subprocess minus its
   resident size just before the call, inputs already allocated.
 Implementations whose compiled scratch would not fit the memory available are not run (their
 memory is still reported). torch (optional extra ``bench``: ``pip install '.[bench]'``) runs with
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,12 @@ def _available_bytes() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 8 * GiB
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes (VmHWM)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _inputs(b: int, t: int, h: int, d: int, seed: int = 0):
@@ -136,7 +141,9 @@ if mode == 'fwd':
         out = sdpa(q, k, v, is_causal=True)
 else:
     sdpa(q, k, v, is_causal=True).sum().backward()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM (this process's peak RSS); not ru_maxrss, which a child inherits from its parent across exec
+with open('/proc/self/status') as f:
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:'))
 print(max(peak - base, 0))
 """
 
@@ -215,7 +222,7 @@ def bench_long(t, b, h, d) -> dict:
     t0 = time.perf_counter()
     _block(f_bwd(q, k, v))
     row["seconds"] = time.perf_counter() - t0
-    row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    row["peak_rss_bytes"] = _peak_rss()
     print(
         f"long T={t} B={b} H={h}: chunked fwd+bwd {row['seconds']:.1f} s, scratch {row['extra_bytes'] / GiB:.2f} GiB "
         f"(dense xla would need {row['xla_extra_bytes'] / GiB:.1f} GiB)",

@@ -41,10 +41,12 @@ from model.attention import default_scale, register_implementation
 
 Array = jax.Array
 
-# Default block sizes, measured on a 2-core AVX-512 CPU (experiments/bench_attention.py): big blocks
-# make each matmul efficient; the causal diagonal wastes at most one block per query block.
-BLOCK_Q = 256
-BLOCK_K = 256
+# Default block sizes, measured on the 2-core AVX-512 CPU (B=4, H=8, Dh=64, causal, T=1024..4096, CPU
+# seconds of fwd and fwd+bwd): 128 x 128 beat 64, 256 and 512 (and mixed shapes) by 5-20%. A
+# [B, G, R*128, 128] float32 score block (2 MiB at B*H=32) stays in cache between the fused ops of a
+# step, and the causal diagonal wastes little; larger blocks make each matmul bigger but spill.
+BLOCK_Q = 128
+BLOCK_K = 128
 
 
 # ---------------------------------------------------------------------------- masks per block
