@@ -11,7 +11,7 @@ against T) to ``runs/bench_attention/`` (or ``--out``).
 What is measured:
 - time: median of ``--repeats`` calls after one warm-up (compile excluded), wall clock. The
   implementations of one T are timed interleaved (rep 1 of each, rep 2 of each, ...) so that load
-  from other processes hits them alike; ratios are of medians from the same run.
+  from other processes hits them alike (in a fresh random order each round); ratios are of medians from the same run.
 - fwd+bwd: the gradient of ``sum(out)`` with respect to q, k and v (all three returned).
 - extra memory, JAX: ``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``, XLA's
   own account of the scratch buffers the compiled program needs beyond its inputs and outputs.
@@ -84,14 +84,18 @@ def _block(x):
 
 
 def time_interleaved(calls: dict, repeats: int) -> dict[str, float]:
-    """Median wall seconds per call of each zero-argument callable, timed round-robin after one warm-up."""
+    """Median wall seconds per call of each zero-argument callable: one warm-up each, then rounds in random order."""
     for f in calls.values():
         f()
     times = {name: [] for name in calls}
+    order = list(calls)
+    rng = np.random.default_rng(0)
     for _ in range(repeats):
-        for name, f in calls.items():
+        # A fresh order each round: what ran just before a call (e.g. a dense path that evicted the
+        # caches and freed gigabytes) must not favour or penalise one implementation systematically.
+        for name in rng.permutation(order):
             t0 = time.perf_counter()
-            f()
+            calls[name]()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
