@@ -264,6 +264,8 @@ class _Static:
     bk: int
     nk: int
     scale: float
+    groups: int  # G, key/value heads
+    rows: int  # R * bq: rows of a query block (the R query heads of a group stacked)
 
     def info(self, q_offset: Array, kv_lengths: Array | None) -> MaskInfo:
         return MaskInfo(self.causal, self.window, self.k_len, q_offset, kv_lengths)
@@ -294,9 +296,6 @@ class _Static:
         q_pos = info.q_offset[:, None] + rows[None, :]
         k_pos = j * self.bk + jnp.arange(self.bk, dtype=jnp.int32)
         return q_pos, k_pos
-
-    rows: int = 0  # R * bq, set by _make_static
-    groups: int = 0
 
 
 def _make_static(q_shape, k_shape, causal, window, has_kv_lengths, scale, block_q, block_k) -> _Static:
