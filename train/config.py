@@ -87,9 +87,10 @@ class TrainConfig:
     async_checkpoint: bool = True  # write checkpoints in a background thread while training goes on
 
     def __post_init__(self):
+    max_nonfinite: int = 5  # stop after this many steps in a row with a NaN/Inf loss or gradient (updates refused)
         _check_types(self)
         positive = ["batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "log_every"]
-        positive += ["checkpoint_every", "keep_checkpoints"]
+        positive += ["checkpoint_every", "keep_checkpoints", "max_nonfinite"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be positive")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from model.transformer import attention_patterns
@@ -65,6 +66,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.async_checkpoint",
+        "train.max_nonfinite",
     }
 )
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
@@ -245,6 +247,30 @@ def plot_attention(patterns: np.ndarray, labels: list[str], path: Path, title: s
 
 
 # ====================================================================== the loop
+class NonFiniteError(SetupError):
+    """The loss or gradients stayed NaN/Inf for ``train.max_nonfinite`` steps in a row (one line: which steps).
+
+    A SetupError so that the command line prints it as one ``error:`` line (exit code 2).
+    """
+
+
+def _nonfinite_counter(limit: int) -> Callable:
+    """Jitted ``(counts, flag, step) -> counts`` over int32 [streak, total, hit] kept on the device (no host sync).
+
+    ``streak``: bad steps in a row; ``total``: bad steps since the run (re)started; ``hit``: the first
+    step at which the streak reached ``limit`` (-1 until then), so a streak is caught even if good
+    steps follow it before the next log (the only host sync).
+    """
+
+    @jax.jit
+    def count(c, flag, step):
+        streak = jnp.where(flag > 0, c[0] + 1, 0)
+        hit = jnp.where((c[2] < 0) & (streak >= limit), step, c[2])
+        return jnp.stack([streak, c[1] + flag, hit]).astype(jnp.int32)
+
+    return count
+
+
 class _SignalCatcher:
     """SIGINT/SIGTERM set a flag that the loop reads after each step (only in the main thread)."""
 
@@ -303,7 +329,8 @@ def train(
     ckpt = Checkpointer(run_dir / CHECKPOINT_DIR, keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
     start = ckpt.latest_step() if resuming else None
     if start is not None:
-        state, meta = ckpt.restore(steps.abstract_state())
+        state, meta = ckpt.restore(steps.abstract_state(), warn=log)  # skips a corrupted newest checkpoint
+        start = int(meta["step"])
         if int(state.step) != start or meta["data_position"] != start:
             raise RunDirError(f"checkpoint {start} in {ckpt.directory} is inconsistent (step {int(state.step)})")
         metrics_log.truncate_after(start)
@@ -338,10 +365,13 @@ def train(
         step = start
         batch = put(ds.batch("train", step, tc.batch_size, seq_len)) if step < tc.steps else None
         window_steps, window_t = 0, time.perf_counter()
+        count_nonfinite = _nonfinite_counter(tc.max_nonfinite)
+        nonfinite = jnp.asarray([0, 0, -1], jnp.int32)  # [streak, total, hit step]: see _nonfinite_counter
         while step < tc.steps:
             first = step == start
             state, metrics = train_step(state, batch)
             step += 1
+            nonfinite = count_nonfinite(nonfinite, metrics["nonfinite"], step)
             if step < tc.steps:  # build and send the next batch while this step runs
                 batch = put(ds.batch("train", step, tc.batch_size, seq_len))
             if first:  # the first call compiles: keep it out of the timings
@@ -353,9 +383,10 @@ def train(
             bar.update(1)
             stopping = (signals.received is not None or step == stop_after) and step < tc.steps
             if step % tc.log_every == 0 or step == tc.steps or stopping:
-                m = _floats(metrics)  # the one sync of the hot loop
+                m, (_, n_bad, hit) = _floats(metrics), jax.device_get(nonfinite).tolist()  # the hot loop's one sync
+                m.pop("nonfinite")
                 now = time.perf_counter()
-                rec = {"step": step, "kind": "train", **m}
+                rec = {"step": step, "kind": "train", **m, "nonfinite_steps": n_bad}
                 if window_steps:
                     windows.append((window_steps, now - window_t))
                     rec["ms_per_step"] = 1e3 * (now - window_t) / window_steps
@@ -363,6 +394,16 @@ def train(
                     bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
                 metrics_log.write(rec)
                 window_steps, window_t = 0, now
+                if hit >= 0:  # stop, no save; refused updates never reached the params: every checkpoint is good
+                    bar.close()
+                    ckpt.close()
+                    good = ckpt.latest_step()
+                    raise NonFiniteError(
+                        f"non-finite loss or gradients in train.max_nonfinite={tc.max_nonfinite} steps in a row "
+                        f"(steps {hit - tc.max_nonfinite + 1}..{hit}; {n_bad} refused updates up to step {step}): "
+                        f"stopped at step {step}; the last good checkpoint is step {good}; "
+                        f"lower train.lr or check the data, then resume"
+                    )
             if step % tc.eval_every == 0 or step == tc.steps:
                 final = evaluate(eval_step, state.params, ds, cfg, put)
                 metrics_log.write({"step": step, "kind": "eval", **final})

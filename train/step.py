@@ -209,7 +209,13 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
+        # NaN/Inf guard: a non-finite loss, gradient or update is refused (params and optimizer state
+        # kept bit for bit; the step still advances past the batch); the loop counts and stops on a streak
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), (params, opt_state), (state.params, state.opt_state)
+        )
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32)}
         metrics["lr"] = jnp.asarray(schedule(state.step) if schedule is not None else jnp.nan, jnp.float32)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
