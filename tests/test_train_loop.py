@@ -109,7 +109,7 @@ def test_run_directory_holds_config_metrics_checkpoints_and_plots(tmp_path):
     for record in read_metrics(d):
         for key, value in record.items():
             if key not in ("step", "kind"):
-                assert isinstance(value, float) and np.isfinite(value), (key, value)
+                assert isinstance(value, int | float) and np.isfinite(value), (key, value)
     evals = [r for r in read_metrics(d) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 4, 8, 10]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]

@@ -49,10 +49,8 @@ class SamplingConfig:
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
 
 
-def next_token(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> jax.Array:
-    """Draw one token per row of ``logits`` ``[B, V]`` (float32) -> ``[B]`` int32, by ``sc``."""
-    if sc.temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+def filter_logits(logits: jax.Array, sc: SamplingConfig) -> jax.Array:
+    """``logits`` ``[B, V]`` / temperature, with the tokens outside top-k / top-p set to -inf (float32)."""
     logits = logits.astype(jnp.float32) / sc.temperature
     if sc.top_k is not None and sc.top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, sc.top_k)[0][:, -1:]  # [B, 1] the k-th largest logit
@@ -64,7 +62,33 @@ def next_token(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> jax.Arr
         keep = before < sc.top_p  # the first token is always kept
         threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)  # [B, 1]
         logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    return logits
+
+
+def pick(logits: jax.Array, gumbel: jax.Array | None, sc: SamplingConfig) -> jax.Array:
+    """One token per row of ``logits`` ``[B, V]`` -> ``[B]`` int32: argmax (greedy), else the Gumbel-max draw.
+
+    argmax(filtered logits + Gumbel noise ``[B, V]``) is a draw from softmax(filtered logits) (the
+    Gumbel-max trick, what jax.random.categorical does); taking the noise as an argument lets
+    generation draw all of it with one call before the loop instead of one call per token.
+    """
+    if sc.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jnp.argmax(filter_logits(logits, sc) + gumbel, axis=-1).astype(jnp.int32)
+
+
+def next_token(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> jax.Array:
+    """Draw one token per row of ``logits`` ``[B, V]`` (float32) -> ``[B]`` int32, by ``sc``."""
+    return pick(logits, jax.random.gumbel(key, logits.shape, jnp.float32), sc)
+
+
+def unroll_layers(params: dict, n_layers: int) -> dict:
+    """Scanned parameters (``params['blocks']`` with a leading layer axis) as ``block_0 .. block_{L-1}``."""
+    params = dict(params)
+    blocks = params.pop("blocks")
+    for i in range(n_layers):
+        params[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], blocks)
+    return params
 
 
 def make_generate(
@@ -85,6 +109,9 @@ def make_generate(
     ``max_len - context_shift`` tokens (the fed one included) are prefilled afresh at positions 0...
     """
     cfg = model.config
+    scanned = cfg.scan_layers
+    if scanned:  # one token per step: L unrolled blocks run faster than a loop over layers
+        model = Transformer(cfg.replace(scan_layers=False))
     t_max = cfg.max_len
     shift = max(1, t_max // 4) if context_shift is None else context_shift
     if not 1 <= shift <= t_max - 1 and t_max > 1:
@@ -96,10 +123,10 @@ def make_generate(
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
     total = prompt_len + max_new_tokens
 
-    def draw(logits, key):
+    def draw(logits, noise):
         if vocab_limit is not None and vocab_limit < logits.shape[-1]:
             logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
-        return next_token(logits, key, sc)
+        return pick(logits, noise, sc)
 
     def prefill(params, tokens):
         """A fresh cache holding ``tokens`` [B, n] at positions 0..n-1, and the logits of the last one [B, V]."""
@@ -107,38 +134,73 @@ def make_generate(
         logits, variables = model.apply({"params": params, "cache": cache}, tokens, decode=True, mutable=["cache"])
         return variables["cache"], logits[:, -1]
 
+    n_feeds = max_new_tokens - 1  # drawn tokens that are fed back (the last one is not)
+    n_plain = min(n_feeds, t_max - prompt_len)  # feeds before the cache is first full
+    n_windows, remainder = divmod(n_feeds - n_plain, shift + 1)  # then: refill + `shift` feeds, repeated
+
     def generate(params, prompt, key):
+        if scanned:
+            params = unroll_layers(params, cfg.n_layers)
         b = prompt.shape[0]
         buf = jnp.zeros((b, total), jnp.int32).at[:, :prompt_len].set(prompt)  # every token so far
         cache, logits = prefill(params, prompt)
+        # the Gumbel noise of every draw [N, B, V] from one call (one per draw if that would pass 256 MB)
+        v = logits.shape[-1]
+        at_once = max_new_tokens * b * v <= 1 << 26
+        gumbel = jax.random.gumbel(key, (max_new_tokens, b, v), jnp.float32) if at_once and sc.temperature else None
 
-        def body(carry, i):
-            # token i is drawn from `logits`, written at position prompt_len + i and fed to the model
-            cache, logits, buf, start = carry  # the cache holds buf[:, start : prompt_len + i]
-            tok = draw(logits, jax.random.fold_in(key, i))
-            j = prompt_len + i  # its index in buf
-            buf = jax.lax.dynamic_update_slice(buf, tok[:, None], (0, j))
+        def noise(i):
+            if sc.temperature == 0.0:
+                return None  # greedy
+            return gumbel[i] if at_once else jax.random.gumbel(jax.random.fold_in(key, i), (b, v), jnp.float32)
 
-            def feed(_):
-                new_logits, variables = model.apply(
-                    {"params": params, "cache": cache}, tok[:, None], decode=True, mutable=["cache"]
-                )
-                return variables["cache"], new_logits[:, -1], start
+        # Each step draws token i from `logits`, writes it at buf[:, prompt_len + i] and feeds it to the
+        # model, either into the cache (feed) or as the newest of `keep` tokens prefilled afresh (refill).
+        # The phases are static (they depend on prompt_len, max_new_tokens, max_len and shift only),
+        # so the loops hold no branches.
+        def draw_and_write(carry, i):
+            cache, logits, buf = carry
+            tok = draw(logits, noise(i))
+            buf = jax.lax.dynamic_update_slice(buf, tok[:, None], (0, prompt_len + i))
+            return tok, buf, (tok, logits) if return_logits else tok
 
-            def refill(_):
-                context = jax.lax.dynamic_slice(buf, (0, j + 1 - keep), (b, keep))  # the newest `keep` tokens
-                new_cache, new_logits = prefill(params, context)
-                return new_cache, new_logits, j + 1 - keep
+        def feed(carry, i):
+            tok, buf, out = draw_and_write(carry, i)
+            new_logits, variables = model.apply(
+                {"params": params, "cache": carry[0]}, tok[:, None], decode=True, mutable=["cache"]
+            )
+            return (variables["cache"], new_logits[:, -1], buf), out
 
-            cache, new_logits, start = jax.lax.cond(j - start < t_max, feed, refill, None)
-            return (cache, new_logits, buf, start), (tok, logits)
+        def refill(carry, i):
+            tok, buf, out = draw_and_write(carry, i)
+            context = jax.lax.dynamic_slice(buf, (0, prompt_len + i + 1 - keep), (b, keep))  # newest `keep`
+            new_cache, new_logits = prefill(params, context)
+            return (new_cache, new_logits, buf), out
 
-        carry = (cache, logits, buf, jnp.zeros((), jnp.int32))
-        (cache, logits, buf, _), (toks, used) = jax.lax.scan(body, carry, jnp.arange(max_new_tokens - 1))
-        last = draw(logits, jax.random.fold_in(key, max_new_tokens - 1))
+        def window(carry, i0):  # a refill at step i0, then `shift` feeds
+            carry, first = refill(carry, i0)
+            carry, rest = jax.lax.scan(feed, carry, i0 + 1 + jnp.arange(shift))
+            return carry, jax.tree.map(lambda f, r: jnp.concatenate([f[None], r]), first, rest)
+
+        carry, outs = (cache, logits, buf), []
+        carry, out = jax.lax.scan(feed, carry, jnp.arange(n_plain))
+        outs.append(out)
+        if n_windows:
+            starts = n_plain + (shift + 1) * jnp.arange(n_windows)
+            carry, out = jax.lax.scan(window, carry, starts)
+            outs.append(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out))  # [W, shift+1, ...] -> steps
+        if remainder:
+            i0 = n_plain + (shift + 1) * n_windows
+            carry, first = refill(carry, i0)
+            carry, out = jax.lax.scan(feed, carry, i0 + 1 + jnp.arange(remainder - 1))
+            outs.append(jax.tree.map(lambda f, r: jnp.concatenate([f[None], r]), first, out))
+        _, logits, _ = carry
+        last = draw(logits, noise(n_feeds))
+        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)  # [N-1, B, ...] in step order
+        toks = out[0] if return_logits else out
         tokens = jnp.concatenate([toks.T, last[:, None]], axis=1)  # [B, N]
         if return_logits:
-            return tokens, jnp.concatenate([jnp.swapaxes(used, 0, 1), logits[:, None]], axis=1)  # [B, N, V]
+            return tokens, jnp.concatenate([jnp.swapaxes(out[1], 0, 1), logits[:, None]], axis=1)  # [B, N, V]
         return tokens
 
     return jax.jit(generate)
@@ -178,6 +240,9 @@ def load_params(run_dir: str | Path, cfg, step: int | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from train.cli import tune_host
+
+    tune_host()
     p = argparse.ArgumentParser(prog="python -m train.sample", description="Generate from a trained run.")
     p.add_argument("run_dir", help="a run directory written by `python -m train`")
     p.add_argument("--prompt", default=None, help="start text (default: a newline for text runs)")

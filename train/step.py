@@ -266,26 +266,28 @@ def build_steps(
     jax.jit caches compiled executables per function object, so the cache lets several runs in one
     process (a sweep, a resumed run, the tests) share compilations.
     """
-    if state_sharding is None and batch_sharding is None:
-        # fields that only say when to log, evaluate or save do not change the compiled functions
-        key = dataclasses.replace(
-            tc,
-            eval_every=1,
-            eval_batches=1,
-            log_every=1,
-            checkpoint_every=1,
-            keep_checkpoints=1,
-            async_checkpoint=False,
-        )
-        if tc.schedule == "constant" or tc.decay_steps is not None:  # then the schedule ignores train.steps
-            key = dataclasses.replace(key, steps=max(1, tc.warmup_steps))
-        return _cached_steps(model_config, key, seq_len)
-    return _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding)
+    try:  # single shardings (or None) are hashable; a TrainState of shardings is not
+        hash((state_sharding, batch_sharding))
+    except TypeError:
+        return _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding)
+    # fields that only say when to log, evaluate or save do not change the compiled functions
+    key = dataclasses.replace(
+        tc,
+        eval_every=1,
+        eval_batches=1,
+        log_every=1,
+        checkpoint_every=1,
+        keep_checkpoints=1,
+        async_checkpoint=False,
+    )
+    if tc.schedule == "constant" or tc.decay_steps is not None:  # then the schedule ignores train.steps
+        key = dataclasses.replace(key, steps=max(1, tc.warmup_steps))
+    return _cached_steps(model_config, key, seq_len, state_sharding, batch_sharding)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_steps(model_config: ModelConfig, tc: TrainConfig, seq_len: int) -> Steps:
-    return _build_steps(model_config, tc, seq_len, None, None)
+def _cached_steps(model_config: ModelConfig, tc: TrainConfig, seq_len: int, state_sharding, batch_sharding) -> Steps:
+    return _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding)
 
 
 def _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding) -> Steps:
@@ -293,6 +295,8 @@ def _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding) -> S
     tx, schedule = make_optimizer(tc)
     init = jax.jit(state_initializer(model, tx, tc.seed, seq_len), out_shardings=state_sharding)
     train_step = make_train_step(model, tx, tc, schedule, state_sharding=state_sharding, batch_sharding=batch_sharding)
-    params_sharding = state_sharding.params if state_sharding is not None else None
+    params_sharding = state_sharding
+    if state_sharding is not None and not isinstance(state_sharding, jax.sharding.Sharding):
+        params_sharding = state_sharding.params  # a TrainState of shardings
     eval_step = make_eval_step(model, params_sharding=params_sharding, batch_sharding=batch_sharding)
     return Steps(model, tx, schedule, seq_len, init, train_step, eval_step, state_sharding)
