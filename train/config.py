@@ -5,7 +5,8 @@
 
 Override syntax (the command line's ``python -m train --config NAME KEY=VALUE ...``): ``KEY`` is
 ``SECTION.FIELD`` with SECTION one of ``model`` (ModelConfig), ``data`` (DataConfig), ``train``
-(TrainConfig), or a top-level field (``name``, ``run_dir``, ``goal``). ``VALUE`` is parsed by the
+(TrainConfig), ``mesh`` (model.sharding.MeshConfig: data/fsdp/sequence/tensor devices, -1 = the rest),
+or a top-level field (``name``, ``run_dir``, ``goal``, ``sharding``). ``VALUE`` is parsed by the
 type of the field it sets, with JSON-like rules and never ``eval``: integers ``12``, floats ``3e-4``
 (an integer is a valid float), booleans ``true``/``false``, ``none``/``null`` for optional fields,
 strings as written (surrounding quotes are removed). An unknown key or a value of the wrong type
@@ -26,6 +27,7 @@ from typing import Any
 
 from model.config import ModelConfig
 from model.config import get_preset as get_model_preset
+from model.sharding import RULES, MeshConfig
 from train.data import DataConfig
 
 SCHEDULES = ("cosine", "constant")
@@ -141,8 +143,16 @@ class RunConfig:
     train: TrainConfig  # how it is trained
     run_dir: str | None = None  # where the run is written; None means runs/<name>-<date>-<time>
     goal: str | None = None  # success criterion on the final evaluation: '<metric> <= x' or '<metric> >= x'
+    # devices per mesh axis (model/sharding.py); the product is the number of devices used, -1 = all the rest.
+    # The default is one device (the single-device fast path); mesh.data=-1 spreads the batch over all of them.
+    mesh: MeshConfig = MeshConfig(data=1)
+    sharding: str = "dp"  # the rules table of model/sharding.py: 'dp', 'fsdp', 'tp', 'sp', 'fsdp_tp', 'fsdp_sp'
 
     def __post_init__(self):
+        if not isinstance(self.mesh, MeshConfig):
+            raise ConfigError(f"RunConfig.mesh must be a MeshConfig, got {type(self.mesh).__name__}")
+        if self.sharding not in RULES:
+            raise ConfigError(f"sharding={self.sharding!r}: unknown; choose one of {tuple(RULES)}")
         for name, cls in [("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)]:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(
@@ -176,6 +186,8 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "run_dir": self.run_dir,
             "goal": self.goal,
+            "mesh": dataclasses.asdict(self.mesh),
+            "sharding": self.sharding,
         }
 
     def to_json(self) -> str:
@@ -200,12 +212,27 @@ class RunConfig:
                 train=TrainConfig(**train_d),
                 run_dir=d.get("run_dir"),
                 goal=d.get("goal", cls.goal),
+                mesh=_mesh_from_dict(d.get("mesh")),
+                sharding=d.get("sharding", cls.sharding),
             )
         except KeyError as e:
             raise ConfigError(f"the run config lacks the section {e.args[0]!r}") from None
 
     def default_run_dir(self) -> str:
         return f"runs/{self.name}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _mesh_from_dict(d: dict[str, Any] | None) -> MeshConfig:
+    """A saved mesh section (run directories written before it existed used one device)."""
+    if d is None:
+        return MeshConfig(data=1)
+    unknown = sorted(set(d) - {f.name for f in fields(MeshConfig)})
+    if unknown:
+        raise ConfigError(f"MeshConfig has no field {unknown[0]!r}; remove it or check its spelling")
+    try:
+        return MeshConfig(**d)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_types(obj) -> None:
@@ -407,8 +434,8 @@ def get_preset(name: str) -> RunConfig:
 
 
 # ---------------------------------------------------------------------- overrides
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-TOP_LEVEL = ("name", "run_dir", "goal")
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig}
+TOP_LEVEL = ("name", "run_dir", "goal", "sharding")
 
 
 def parse_value(text: str, hint, key: str) -> Any:
@@ -459,6 +486,7 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
             "model": cfg.model.replace(**changes["model"]),
             "data": cfg.data.replace(**changes["data"]),
             "train": dataclasses.replace(cfg.train, **changes["train"]),
+            "mesh": dataclasses.replace(cfg.mesh, **changes["mesh"]),
         }
         return cfg.replace(**new, **top)
     except ConfigError:
