@@ -1,0 +1,305 @@
+"""The catalogue of bad inputs (issue 7): each gets one ``error:`` line naming the problem, exit code 2, no traceback.
+
+CASES is the single source of docs/bad_inputs.md: ``python tests/test_bad_inputs.py > docs/bad_inputs.md``
+regenerates it, and a test fails if the file and the table drift apart. Each case calls the real
+command-line ``main()`` in-process (``python -m train`` or ``python -m train.sample``) on real files:
+a tiny trained run (module fixture), text files with bad contents, directories in the way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TINY = [  # the induction preset shrunk to seconds
+    "train.steps=2",
+    "train.batch_size=4",
+    "train.eval_every=2",
+    "train.eval_batches=1",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+]
+TEXT = ["--config", "shakespeare-char-cpu", "model.n_layers=1", "model.d_model=16", "model.n_heads=2", *TINY]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    what: str  # the bad input, for the catalogue
+    tool: str  # 'train' (python -m train) or 'sample' (python -m train.sample)
+    argv: tuple[str, ...]  # {run}: a trained induction run; {text_run}: a trained text run; {tmp}: a scratch dir
+    phrase: str  # must appear in the one-line message
+    setup: Callable[[Path], None] | None = None  # writes files under {tmp} first
+
+
+def _write(name: str, content: bytes) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).write_bytes(content)
+
+
+def _mkdir_with_file(tmp: Path) -> None:
+    (tmp / "notarun").mkdir()
+    (tmp / "notarun" / "notes.txt").write_text("not a run")
+
+
+def _copy_run_with_config(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        shutil.copytree(tmp / "run", tmp / "other")
+        path = tmp / "other" / "config.json"
+        d = json.loads(path.read_text())
+        change(d)
+        path.write_text(json.dumps(d))
+
+    return setup
+
+
+def _foreign_checkpoints(tmp: Path) -> None:
+    """A run whose checkpoints come from a model of another width (the config says d_model=32)."""
+    shutil.copytree(tmp / "run", tmp / "foreign")
+    shutil.rmtree(tmp / "foreign" / "checkpoints")
+    shutil.copytree(tmp / "wide" / "checkpoints", tmp / "foreign" / "checkpoints")
+
+
+def _broken_json(tmp: Path) -> None:
+    shutil.copytree(tmp / "run", tmp / "broken")
+    (tmp / "broken" / "config.json").write_text('{"name": "induction", ')
+
+
+CASES = [
+    Case("unknown-preset", "unknown preset", "train", ("--config", "nope"), "unknown config 'nope'"),
+    Case("unknown-key", "misspelt override key", "train", ("model.n_layerz=2",), "n_layerz"),
+    Case("no-equals", "override without `=`", "train", ("train.lr",), "KEY=VALUE"),
+    Case("unknown-section", "unknown override section", "train", ("optim.lr=3",), "optim"),
+    Case("bad-int", "text where an integer belongs", "train", ("train.steps=abc",), "train.steps"),
+    Case("negative-steps", "negative steps", "train", ("train.steps=-5",), "must be positive"),
+    Case("zero-batch", "zero batch size", "train", ("train.batch_size=0",), "must be positive"),
+    Case(
+        "accum-not-dividing",
+        "grad_accum not dividing batch_size",
+        "train",
+        ("train.batch_size=10", "train.grad_accum=3"),
+        "not a multiple of train.grad_accum",
+    ),
+    Case("seq-too-long", "seq_len above max_len", "train", ("train.seq_len=1000",), "exceeds model.max_len"),
+    Case("bad-schedule", "unknown lr schedule", "train", ("train.schedule=linear",), "unknown; choose one of"),
+    Case("bad-beta", "beta1 outside [0, 1)", "train", ("train.beta1=1.5",), "must be in [0, 1)"),
+    Case("bad-goal", "malformed success goal", "train", ("goal=accuracy>0.9",), "write it as"),
+    Case("heads-not-dividing", "n_heads not dividing d_model", "train", ("model.n_heads=5",), "n_heads"),
+    Case("bad-attention", "unknown attention implementation", "train", ("model.attention_impl=foo",), "foo"),
+    Case("bad-nonfinite", "max_nonfinite of 0", "train", ("train.max_nonfinite=0",), "train.max_nonfinite=0"),
+    Case("mesh-not-dividing", "mesh axis not dividing the heads", "train", ("mesh.tensor=3",), "mesh"),
+    Case("mesh-too-big", "mesh larger than the devices", "train", ("mesh.data=64",), "mesh"),
+    Case(
+        "missing-data",
+        "data file that does not exist",
+        "train",
+        (*TEXT, "data.path={tmp}/nothing.txt", "run_dir={tmp}/r"),
+        "nothing.txt",
+    ),
+    Case(
+        "empty-data",
+        "empty data file",
+        "train",
+        (*TEXT, "data.path={tmp}/empty.txt", "run_dir={tmp}/r"),
+        "empty",
+        _write("empty.txt", b""),
+    ),
+    Case(
+        "non-utf8-data",
+        "data file that is not UTF-8 (character level)",
+        "train",
+        (*TEXT, "data.path={tmp}/latin1.txt", "run_dir={tmp}/r"),
+        "UTF-8",
+        _write("latin1.txt", "caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 50),
+    ),
+    Case("run-dir-exists", "existing run_dir without --resume", "train", ("run_dir={run}",), "pass --resume"),
+    Case(
+        "run-dir-is-file",
+        "run_dir that is a file",
+        "train",
+        ("run_dir={tmp}/afile",),
+        "is a file",
+        _write("afile", b"x"),
+    ),
+    Case("resume-not-a-run", "--resume of a directory that is not a run", "train", ("--resume", "{tmp}"), "not a run"),
+    Case(
+        "resume-other-preset",
+        "--resume with another --config",
+        "train",
+        ("--resume", "{run}", "--config", "mqar"),
+        "drop --config",
+    ),
+    Case(
+        "resume-changed-model",
+        "--resume with a changed model field",
+        "train",
+        ("--resume", "{run}", "model.d_model=64"),
+        "was trained with model.d_model=32",
+    ),
+    Case(
+        "resume-foreign-checkpoint",
+        "checkpoint written by another config (d_model 64 into a d_model 32 run)",
+        "train",
+        ("--resume", "{tmp}/foreign"),
+        "no readable checkpoint",
+        _foreign_checkpoints,
+    ),
+    Case(
+        "resume-broken-config",
+        "config.json that is not valid JSON",
+        "train",
+        ("--resume", "{tmp}/broken"),
+        "not valid JSON",
+        _broken_json,
+    ),
+    Case(
+        "resume-unknown-field",
+        "config.json with an unknown field",
+        "train",
+        ("--resume", "{tmp}/other"),
+        "no field",
+        _copy_run_with_config(lambda d: d["train"].update(lrr=1.0)),
+    ),
+    Case("sample-not-a-run", "sample from a directory that is not a run", "sample", ("{tmp}",), "not a run"),
+    Case(
+        "sample-zero-tokens",
+        "sample --max-new-tokens 0",
+        "sample",
+        ("{run}", "--prompt", "1 2", "--max-new-tokens", "0"),
+        ">= 1",
+    ),
+    Case(
+        "sample-bad-token",
+        "induction prompt with an id outside the vocabulary",
+        "sample",
+        ("{run}", "--prompt", "1 99"),
+        "prompt ids must be in [0, 17)",
+    ),
+    Case(
+        "sample-char-outside-vocab",
+        "text prompt with characters outside the vocabulary",
+        "sample",
+        ("{text_run}", "--prompt", "日本"),
+        "vocabulary",
+    ),
+    Case(
+        "sample-long-shift",
+        "sample --context-shift beyond max_len",
+        "sample",
+        ("{run}", "--prompt", "1 2", "--context-shift", "1000"),
+        "context_shift=1000",
+    ),
+    Case(
+        "sample-no-step",
+        "sample --step that was never saved",
+        "sample",
+        ("{run}", "--prompt", "1 2", "--step", "7"),
+        "step 7",
+    ),
+    Case(
+        "sample-bad-temperature",
+        "sample --temperature -1",
+        "sample",
+        ("{run}", "--prompt", "1 2", "--temperature", "-1"),
+        "temperature",
+    ),
+]
+
+
+def render_markdown() -> str:
+    lines = [
+        "# Bad inputs and the messages they get",
+        "",
+        "Generated from `CASES` in tests/test_bad_inputs.py (`python tests/test_bad_inputs.py > docs/bad_inputs.md`);",
+        "the test runs every row and checks: exit code 2, one line `error: ...` on stderr containing the phrase,",
+        "no traceback. `RUN` is a trained induction run, `TEXT_RUN` a trained character-level run, `TMP` a scratch",
+        "directory; `TINY` stands for the overrides that shrink the preset to seconds.",
+        "",
+        "| # | bad input | command | the message contains |",
+        "|---|---|---|---|",
+    ]
+    for i, c in enumerate(CASES, 1):
+        args = " ".join(c.argv).replace(" ".join(TINY), "TINY")
+        args = args.replace("{run}", "RUN").replace("{text_run}", "TEXT_RUN").replace("{tmp}", "TMP")
+        prog = "python -m train" if c.tool == "train" else "python -m train.sample"
+        cmd = f"{prog} {args}".replace("|", "\\|")
+        lines.append(f"| {i} | {c.what} | `{cmd}` | `{c.phrase}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _main(tool: str):
+    if tool == "train":
+        from train.cli import main
+    else:
+        from train.sample import main
+    return main
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Trained tiny runs: an induction one, a wider one (for foreign checkpoints) and a character-level one."""
+    import train.data as data
+
+    root = tmp_path_factory.mktemp("runs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv(data.CACHE_ENV, str(root / "cache"))
+    corpus = root / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 40)
+    try:
+        from train.cli import main
+
+        assert main(["--no-progress", *TINY, f"run_dir={root}/run", "model.d_model=32"]) == 0
+        assert main(["--no-progress", *TINY, f"run_dir={root}/wide", "model.d_model=64"]) == 0
+        assert main(["--no-progress", *TEXT, f"data.path={corpus}", f"run_dir={root}/text"]) == 0
+        yield root
+    finally:
+        mp.undo()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gets_one_clear_line(case, runs, tmp_path, capsys, monkeypatch):
+    import train.data as data
+
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    for name in ("run", "wide"):
+        shutil.copytree(runs / name, tmp_path / name)
+    if case.setup is not None:
+        case.setup(tmp_path)
+    subs = {"{run}": str(tmp_path / "run"), "{text_run}": str(runs / "text"), "{tmp}": str(tmp_path)}
+    argv = []
+    for a in case.argv:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        argv.append(a)
+    if case.tool == "train":
+        argv = ["--no-progress", *argv]
+    code = _main(case.tool)(argv)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, out[-500:], err[-1500:])
+    assert "Traceback" not in out + err
+    assert lines and lines[-1].startswith("error: "), err
+    assert case.phrase in lines[-1], lines[-1]
+    if os.environ.get("BAD_INPUTS_MESSAGES"):  # collect the real messages (for the README), paths shortened
+        with open(os.environ["BAD_INPUTS_MESSAGES"], "a") as f:
+            f.write(f"{case.id}\t{lines[-1].replace(str(tmp_path), 'TMP')}\n")
+
+
+def test_catalogue_has_at_least_20_distinct_cases():
+    assert len(CASES) >= 20 and len({c.id for c in CASES}) == len(CASES)
+
+
+def test_docs_match_the_table():
+    doc = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
+    assert doc.read_text() == render_markdown(), "regenerate: python tests/test_bad_inputs.py > docs/bad_inputs.md"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_markdown())
