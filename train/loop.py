@@ -24,6 +24,7 @@ put on the device while the current step runs (dispatch is asynchronous); the st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -44,6 +45,7 @@ from model.transformer import attention_patterns
 from train.checkpoint import Checkpointer
 from train.config import CONFIG_FILE, ConfigError, RunConfig, RunDirError, SetupError, goal_met, load_run_config
 from train.data import build_dataset, load_dataset_for_run
+from train.distributed import sharding_plan
 from train.step import build_steps
 
 METRICS_FILE = "metrics.jsonl"
@@ -67,6 +69,12 @@ RESUMABLE_CHANGES = frozenset(
         "train.keep_checkpoints",
         "train.async_checkpoint",
         "train.max_nonfinite",
+        # where the state lives, not what it is: a run saved on 8 devices resumes on 2 or on 1
+        "mesh.data",
+        "mesh.fsdp",
+        "mesh.sequence",
+        "mesh.tensor",
+        "sharding",
     }
 )
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
@@ -293,9 +301,33 @@ class _SignalCatcher:
             signal.signal(sig, old)
 
 
-def train(
+def train(cfg: RunConfig, **kwargs) -> RunResult:
+    """Train ``cfg`` in ``cfg.run_dir`` (see :func:`_train` for the options) on the mesh of ``cfg.mesh``.
+
+    Everything that is traced (init, train and eval steps) is traced inside ``use_mesh``, which this
+    scope closes however the run ends.
+    """
+    with contextlib.ExitStack() as scope:
+        return _train(cfg, scope=scope, **kwargs)
+
+
+class _NoLog:
+    """The metrics log of processes other than 0 in a multi-process run: only process 0 writes files."""
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def read(self) -> list[dict[str, Any]]:
+        return []
+
+
+def _train(
     cfg: RunConfig,
     *,
+    scope: contextlib.ExitStack,
     resume: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
@@ -308,7 +340,8 @@ def train(
     """Train ``cfg`` in ``cfg.run_dir`` (created; or continued with ``resume``) and return what happened.
 
     ``stop_after``: stop after that step as if interrupted (a checkpoint is saved), for tests of resuming.
-    ``progress``: tqdm bar (None: only on a terminal). ``state_sharding`` / ``batch_sharding``: see train/step.py.
+    ``progress``: tqdm bar (None: only on a terminal). ``state_sharding`` / ``batch_sharding``: see train/step.py;
+    without them the run uses ``cfg.mesh`` and ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
     """
     # ---- phase 1: run directory, data, config (errors here are the user's: one line each, as SetupError)
     try:
@@ -318,15 +351,29 @@ def train(
     except (ValueError, OSError) as e:  # ConfigError, the data's one-line ValueErrors, unreadable files
         raise SetupError(str(e)) from None
     tc, seq_len = cfg.train, cfg.seq_len
+    plan = None
+    if state_sharding is None and batch_sharding is None:
+        plan = sharding_plan(cfg)  # None on one device; a bad mesh raises ConfigError here, before compiling
+    if plan is not None:
+        from model.sharding import use_mesh
+
+        scope.enter_context(use_mesh(plan.mesh, plan.rules))
+        state_sharding, batch_sharding = plan.state_sharding, plan.batch_sharding
+        log(f"mesh {dict(plan.mesh.shape)} ({cfg.sharding}) over {plan.mesh.devices.size} devices")
+    writer = jax.process_index() == 0  # only process 0 writes the run directory's files (Orbax coordinates itself)
+    # the attention plot runs a jitted function on the global params, which every process would have to
+    # join; phase 4 runs it in process 0 only, so multi-process runs skip the plots (metrics.jsonl has the data)
+    plots = plots and jax.process_count() == 1
     try:  # a read-only or full disk fails here, before any compiling or training
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(cfg.to_json() + "\n")
-        ds.save_vocab(run_dir)
+        if writer:
+            (run_dir / CONFIG_FILE).write_text(cfg.to_json() + "\n")
+            ds.save_vocab(run_dir)
     except OSError as e:
         raise RunDirError(
             f"cannot write the run directory {run_dir} ({e.strerror or e}): choose another run_dir"
         ) from None
-    metrics_log = MetricsLog(run_dir / METRICS_FILE)
+    metrics_log = MetricsLog(run_dir / METRICS_FILE) if writer else _NoLog()
 
     # ---- phase 2: model, optimizer, state (restored from the newest checkpoint, or initialised under jit)
     steps = build_steps(cfg.model, tc, seq_len, state_sharding=state_sharding, batch_sharding=batch_sharding)
@@ -347,6 +394,8 @@ def train(
     device = jax.devices()[0]
 
     def put(batch: dict[str, np.ndarray]):
+        if plan is not None:
+            return plan.put(batch)
         return jax.device_put(batch, batch_sharding if batch_sharding is not None else device)
 
     def save(step: int) -> None:
