@@ -1,0 +1,144 @@
+"""Training speed per preset: ms/step, tokens/s and MFU against this machine's measured matmul peak.
+
+    python -m experiments.bench_train                                   # every preset
+    python -m experiments.bench_train --presets shakespeare-char-cpu --steps 200
+
+For each preset the jitted train step (train/step.py, exactly what ``python -m train`` runs) is
+compiled, warmed up, then timed in chunks of steps with one device sync per chunk; the table shows
+the median over chunks. Batches come from the preset's own data, drawn before timing (the loop
+builds each next batch while the current step runs, so data preparation is not on the step's clock).
+
+Model FLOPs per step, the formula of nanoGPT's ``estimate_mfu`` (PaLM appendix B):
+``tokens * (6 * N + 12 * L * T * H * Dh)`` with N the parameters without the position table, L
+layers, T the sequence length, H * Dh the attention width: 6N for the matmuls of forward and backward,
+12 L T H Dh for the attention scores and weighted values. MFU = those FLOPs per second / peak, where
+peak is the best of ten 2048 x 2048 float32 ``jnp.dot`` in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+from train.cli import tune_host
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best float32 GFLOP/s of an n x n jnp.dot over ``repeats`` calls (after one compile-and-run)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def model_flops_per_step(cfg, params_shapes) -> tuple[int, float]:
+    """(N parameters without the position table, model FLOPs of one training step) by the formula above."""
+    import jax
+
+    n = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params_shapes))
+    if "pos_embed" in params_shapes:
+        n -= int(math.prod(params_shapes["pos_embed"].shape))
+    m, t = cfg.model, cfg.seq_len
+    per_token = 6 * n + 12 * m.n_layers * t * m.n_heads * m.head_dim
+    return n, per_token * cfg.train.batch_size * t
+
+
+def bench_preset(name: str, max_steps: int, max_seconds: float) -> dict:
+    import jax
+    import numpy as np
+
+    from train.config import get_preset
+    from train.data import build_dataset
+    from train.step import build_steps
+
+    cfg = get_preset(name)
+    ds = build_dataset(cfg.data, cfg.seq_len)
+    if cfg.model.vocab_size < ds.vocab_size:
+        cfg = cfg.replace(model=cfg.model.replace(vocab_size=ds.vocab_size))
+    tc, t = cfg.train, cfg.seq_len
+    steps = build_steps(cfg.model, tc, t)
+    state = steps.init()
+    batches = [jax.device_put(ds.batch("train", i, tc.batch_size, t)) for i in range(8)]
+    n_params, flops = model_flops_per_step(cfg, state.params)
+
+    t0 = time.perf_counter()
+    state, m = steps.train_step(state, batches[0])  # compiles
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    state, m = steps.train_step(state, batches[1])  # one more warm-up step
+    jax.block_until_ready(m)
+    one = time.perf_counter() - t0 - compile_s
+    chunk = max(1, min(25, int(0.5 / max(one, 1e-6))))  # about half a second per chunk
+    per_step, done, start = [], 0, time.perf_counter()
+    while done < max_steps and (time.perf_counter() - start < max_seconds or len(per_step) < 3):
+        t0 = time.perf_counter()
+        for i in range(chunk):
+            state, m = steps.train_step(state, batches[(done + i) % len(batches)])
+        jax.block_until_ready(m)
+        per_step.append((time.perf_counter() - t0) / chunk)
+        done += chunk
+    ms = 1e3 * statistics.median(per_step)
+    assert np.isfinite(float(m["loss"]))
+    return {
+        "preset": name,
+        "params": n_params,
+        "tokens_per_step": tc.batch_size * t,
+        "steps_timed": done,
+        "ms_per_step": ms,
+        "tokens_per_s": tc.batch_size * t / (ms / 1e3),
+        "gflop_per_step": flops / 1e9,
+        "gflop_per_s": flops / (ms / 1e3) / 1e9,
+        "compile_s": compile_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    tune_host()
+    from train.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m experiments.bench_train", description=__doc__.split("\n")[0])
+    p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names (default: all)")
+    p.add_argument("--steps", type=int, default=200, help="at most this many timed steps per preset")
+    p.add_argument("--seconds", type=float, default=20.0, help="at most about this long per preset (>= 3 chunks)")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.presets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        print(f"error: unknown preset {unknown[0]!r}; choose among {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+
+    import jax
+
+    peak = matmul_peak()
+    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s); fp32 matmul peak {peak:.0f} GFLOP/s")
+    print("(best of 10 jnp.dot 2048x2048 in this process; MFU = model FLOPs/s / this peak)\n")
+    print("| preset | params (no pos.) | tokens/step | ms/step (median) | tokens/s | GFLOP/step | GFLOP/s | MFU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        try:
+            r = bench_preset(name, args.steps, args.seconds)
+        except ValueError as e:  # e.g. no corpus for a text preset
+            print(f"| {name} | skipped: {e} |")
+            continue
+        print(
+            f"| {name} | {r['params']:,} | {r['tokens_per_step']:,} | {r['ms_per_step']:.2f} | "
+            f"{r['tokens_per_s']:,.0f} | {r['gflop_per_step']:.2f} | {r['gflop_per_s']:.0f} | "
+            f"{100 * r['gflop_per_s'] / peak:.1f}% |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
