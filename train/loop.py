@@ -314,6 +314,9 @@ def train(cfg: RunConfig, **kwargs) -> RunResult:
 class _NoLog:
     """The metrics log of processes other than 0 in a multi-process run: only process 0 writes files."""
 
+    def __init__(self, path: Path):
+        self.path = path  # process 0's file, named in the result
+
     def truncate_after(self, step: int) -> None:
         pass
 
@@ -373,7 +376,7 @@ def _train(
         raise RunDirError(
             f"cannot write the run directory {run_dir} ({e.strerror or e}): choose another run_dir"
         ) from None
-    metrics_log = MetricsLog(run_dir / METRICS_FILE) if writer else _NoLog()
+    metrics_log = MetricsLog(run_dir / METRICS_FILE) if writer else _NoLog(run_dir / METRICS_FILE)
 
     # ---- phase 2: model, optimizer, state (restored from the newest checkpoint, or initialised under jit)
     steps = build_steps(cfg.model, tc, seq_len, state_sharding=state_sharding, batch_sharding=batch_sharding)
