@@ -57,6 +57,17 @@ def _peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
+def _reset_peak_rss() -> int:
+    """Reset this process's peak RSS to its current RSS (Linux clear_refs 5); returns the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
 def _inputs(b: int, t: int, h: int, d: int, seed: int = 0):
     ks = jax.random.split(jax.random.key(seed), 3)
     return tuple(jax.random.normal(k, (b, t, h, d), jnp.float32) for k in ks)
@@ -215,6 +226,7 @@ def bench_attention(ts, b, h, d, repeats, impls, max_bytes) -> list[dict]:
 def bench_long(t, b, h, d) -> dict:
     """One chunked fwd+bwd at a length where the dense paths cannot run; dense memory reported from compile."""
     q, k, v = _inputs(b, t, h, d)
+    rss_base = _reset_peak_rss()
     _, f_bwd = jax_fns("chunked")
     _, x_bwd = jax_fns("xla")
     row = dict(T=t, B=b, H=h, Dh=d, impl="chunked", mode="fwd_bwd")
@@ -227,6 +239,7 @@ def bench_long(t, b, h, d) -> dict:
     _block(f_bwd(q, k, v))
     row["seconds"] = time.perf_counter() - t0
     row["peak_rss_bytes"] = _peak_rss()
+    row["rss_growth_bytes"] = row["peak_rss_bytes"] - rss_base
     print(
         f"long T={t} B={b} H={h}: chunked fwd+bwd {row['seconds']:.1f} s, scratch {row['extra_bytes'] / GiB:.2f} GiB "
         f"(dense xla would need {row['xla_extra_bytes'] / GiB:.1f} GiB)",
@@ -391,7 +404,8 @@ def write_report(out: Path, results: dict, args) -> None:
             f"## Long context: B={r['B']}, H={r['H']}, T={r['T']}, Dh={r['Dh']}, causal, fwd+bwd",
             "",
             f"chunked: {r['seconds']:.1f} s per step ({r['first_call_seconds']:.1f} s first call with compile), "
-            f"scratch {_fmt_b(r['extra_bytes'])}, process peak RSS {_fmt_b(r['peak_rss_bytes'])}; "
+            f"scratch {_fmt_b(r['extra_bytes'])}, peak RSS growth during the section {_fmt_b(r.get('rss_growth_bytes'))}"
+            f" (inputs included; peak RSS {_fmt_b(r['peak_rss_bytes'])}); "
             f"dense xla would need {_fmt_b(r['xla_extra_bytes'])} of scratch.",
             "",
         ]
@@ -458,7 +472,7 @@ def main(argv=None) -> dict:
     p.add_argument("--long", action="store_true", help="also B=1, H=8, T=32768 chunked fwd+bwd")
     p.add_argument("--long-T", type=int, default=32768)
     p.add_argument("--quick", action="store_true", help="T=256 512 1024, 2 repeats: a smoke run")
-    p.add_argument("--only", choices=["attention", "remat", "compile", "train"], default=None)
+    p.add_argument("--only", choices=["attention", "long", "remat", "compile", "train"], default=None)
     p.add_argument("--max-gib", type=float, default=None, help="skip runs needing more scratch (default: 80%% of free)")
     p.add_argument("--out", type=Path, default=Path("runs/bench_attention"))
     args = p.parse_args(argv)
@@ -471,8 +485,8 @@ def main(argv=None) -> dict:
     if "attention" in sections:
         results["attention"] = bench_attention(args.T, args.B, args.H, args.Dh, args.repeats, args.impls, max_bytes)
         print("\n".join(_ratios(results["attention"])))
-        if args.long:
-            results["long"] = bench_long(args.long_T, 1, args.H, args.Dh)
+    if (args.long and "attention" in sections) or args.only == "long":
+        results["long"] = bench_long(args.long_T, 1, args.H, args.Dh)
     if "remat" in sections:
         results["remat"] = bench_remat(max(2, args.repeats // 2))
     if "compile" in sections:

@@ -6,13 +6,14 @@ chunked.py ('chunked'), accelerators.py ('cudnn', 'pallas'), ring.py (sequence-p
 What ``implementation='auto'`` picks (:func:`auto_choice`), and why:
 
 - CPU: 'reference' (dense einsum + masked softmax) while the score matrix is small, 'chunked' from
-  ``Q * K >= CPU_CHUNKED_MIN_QK`` on. Measured with ``python -m experiments.bench_attention`` on the 2-core
-  AVX-512 machine (B=4, H=8, Dh=64, causal, fp32, fwd+bwd): below ~512 x 512 the dense path is a
-  handful of large fused ops and wins (its [B,H,T,T] temporaries still fit in cache/memory); from
-  T=512 on the chunked kernel wins and the gap grows with T (it skips the masked half of the blocks
-  and its memory is O(T)), e.g. ~2x at T=1024 and ~3x at T=4096 against the dense path, while the
-  dense path's memory grows as T^2 (8.4 GiB at T=4096). 'xla' (jax.nn.dot_product_attention) is never
-  chosen on CPU: it is the slowest path there. A decode step (Q=1) stays 'reference'.
+  ``Q * K >= CPU_CHUNKED_MIN_QK`` (512 x 512) on. Measured with ``python -m experiments.bench_attention``
+  on the shared 2-core AVX-512 machine (B=4, H=8, Dh=64, causal, fp32; medians of interleaved calls):
+  in a --quick run at T=256 dense and chunked were within noise (15-17 ms fwd, 32-46 ms fwd+bwd); from
+  T=512 on chunked wins and the gap grows with T because it skips the masked half of the blocks and
+  its memory is O(T): fwd+bwd 2.2-2.8x faster than 'reference' and 5-9x faster than 'xla' at
+  T=1024..4096, with 47 MiB .. 0.16 GiB of scratch against 0.4 .. 6 GiB. 'xla'
+  (jax.nn.dot_product_attention) is never chosen on CPU: it is the slowest path there. A decode step
+  (Q=1) stays 'reference' (its scores are one row).
 - GPU: 'cudnn' (cuDNN flash attention) for float16/bfloat16 with a head width it takes and a mask it
   supports (:func:`model.kernels.accelerators.cudnn_supports`); otherwise 'chunked' for long
   sequences (memory O(T)) and 'xla' for short ones. (Not measured here: no GPU on this machine.)
