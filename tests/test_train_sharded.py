@@ -26,8 +26,17 @@ from train.step import abstract_state, make_optimizer
 T = 16
 # 8 heads and a vocabulary of 48 so that 8-way tensor parallelism divides both; width 32 for 8-way FSDP
 MODEL = ModelConfig(vocab_size=48, max_len=T, n_layers=2, d_model=32, n_heads=8, dtype="float32")
+# decay_steps fixed: the 3-step runs follow the same learning-rate schedule as the 6-step reference
 TC = TrainConfig(
-    batch_size=8, steps=3, lr=1e-2, warmup_steps=1, log_every=1, eval_every=100, eval_batches=1, checkpoint_every=100
+    batch_size=8,
+    steps=3,
+    lr=1e-2,
+    warmup_steps=1,
+    decay_steps=6,
+    log_every=1,
+    eval_every=100,
+    eval_batches=1,
+    checkpoint_every=100,
 )
 TOL = 1e-5  # fp32
 
@@ -126,7 +135,9 @@ def test_mesh_overrides_type_check_and_bad_meshes_fail_before_compiling(tmp_path
         apply_overrides(cfg, ["mesh.fsdp=two"])
     with pytest.raises(ConfigError, match="sharding='zero'"):
         apply_overrides(cfg, ["sharding=zero"])
-    with pytest.raises(ConfigError, match="multiply to 3"):
-        train(apply_overrides(cfg, ["mesh.fsdp=3"]), progress=False, log=quiet)
+    with pytest.raises(ConfigError, match="multiply to 16 but there are 8 devices"):
+        train(apply_overrides(cfg, ["mesh.fsdp=16"]), progress=False, log=quiet)
+    with pytest.raises(ConfigError, match="size 32.* not divisible by mesh axis 'fsdp' of size 3"):
+        train(apply_overrides(cfg, ["mesh.fsdp=3"]), progress=False, log=quiet)  # 3 of the 8 devices
     with pytest.raises(ConfigError, match="unused|map no logical axis"):
         train(apply_overrides(cfg, ["mesh.fsdp=1", "mesh.tensor=8"]), progress=False, log=quiet)
