@@ -262,17 +262,32 @@ def runs(tmp_path_factory):
         mp.undo()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_gets_one_clear_line(case, runs, tmp_path, capsys, monkeypatch):
+def needs_runs(c: Case) -> bool:
+    """Cases that need the trained runs (their fixture trains three tiny runs: slow on a loaded 2-core box)."""
+    return (
+        any("{run}" in a or "{text_run}" in a for a in c.argv)
+        or c.setup in (_foreign_checkpoints, _broken_json)
+        or (c.setup is not None and c.setup.__qualname__.startswith("_copy_run_with_config"))
+    )
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if needs_runs(c) else []) for c in CASES]
+)
+def test_bad_input_gets_one_clear_line(case, request, tmp_path, capsys, monkeypatch):
     import train.data as data
 
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    for name in ("run", "wide"):
-        shutil.copytree(runs / name, tmp_path / name)
+    runs = request.getfixturevalue("runs") if needs_runs(case) else None
+    if runs is not None:
+        for name in ("run", "wide"):
+            shutil.copytree(runs / name, tmp_path / name)
     if case.setup is not None:
         case.setup(tmp_path)
-    subs = {"{run}": str(tmp_path / "run"), "{text_run}": str(runs / "text"), "{tmp}": str(tmp_path)}
+    subs = {"{run}": str(tmp_path / "run"), "{tmp}": str(tmp_path)}
+    if runs is not None:
+        subs["{text_run}"] = str(runs / "text")
     argv = []
     for a in case.argv:
         for k, v in subs.items():
@@ -294,6 +309,7 @@ def test_bad_input_gets_one_clear_line(case, runs, tmp_path, capsys, monkeypatch
 
 def test_catalogue_has_at_least_20_distinct_cases():
     assert len(CASES) >= 20 and len({c.id for c in CASES}) == len(CASES)
+    assert sum(not needs_runs(c) for c in CASES) >= 20  # at least 20 run in the default (not slow) suite
 
 
 def test_docs_match_the_table():
