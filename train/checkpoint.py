@@ -156,7 +156,10 @@ class Checkpointer:
             if failures:
                 self._manager.reload()
             return restored
-        raise CheckpointError(f"no readable checkpoint in {self.directory} (steps {failures} are all corrupted)")
+        raise CheckpointError(
+            f"no readable checkpoint in {self.directory} (steps {failures} failed: corrupted, or written by a run "
+            f"with another model config); start a new run_dir"
+        )
 
     def _restore_one(self, abstract_state, step: int) -> tuple[Any, dict[str, Any]]:
         try:
