@@ -7,7 +7,6 @@ whenever feeding one more would overflow the ``max_len`` cache.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -27,7 +26,11 @@ from train.sample import SamplingConfig, make_generate, next_token
 
 T = 16
 TINY = ModelConfig(vocab_size=48, max_len=T, n_layers=2, d_model=32, n_heads=4)  # as in test_train_step.py
-TC = TrainConfig(batch_size=8, steps=10, lr=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.1)
+# the run of tests/test_train_loop.py (dropout, 2 microbatches): its compilations are shared
+LOOP_MODEL = TINY.replace(dropout=0.1)
+LOOP_TC = TrainConfig(
+    batch_size=8, grad_accum=2, steps=4, lr=1e-2, warmup_steps=2, decay_steps=10, eval_every=4, eval_batches=2
+)
 TEXT = "to be, or not to be: that is the question.\n" * 40
 
 
@@ -93,9 +96,9 @@ def text_run(tmp_path_factory):
     (tmp / "tiny.txt").write_text(TEXT, encoding="utf-8")
     cfg = RunConfig(
         name="tiny-text",
-        model=TINY,
+        model=LOOP_MODEL,
         data=DataConfig(task="text", path=str(tmp / "tiny.txt")),
-        train=dataclasses.replace(TC, steps=4, eval_every=4, eval_batches=1),
+        train=LOOP_TC,
         run_dir=str(tmp / "run"),
     )
     train(cfg, progress=False, plots=False, log=lambda m: None)
