@@ -226,6 +226,27 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def publish(out: Path, dest: Path) -> list[Path]:
+    """Copy ``out``/report.md, report.json and every image the report embeds to ``dest`` (same relative paths).
+
+    ``python -m experiments.common publish runs/masking docs/results/masking``: a small, versionable copy
+    of a report (run directories, checkpoints and logs stay behind).
+    """
+    import re
+    import shutil
+
+    text = (out / REPORT_FILE).read_text()
+    files = [REPORT_FILE, RESULTS_FILE] + re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    copied = []
+    for rel in dict.fromkeys(files):
+        src = out / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / rel)
+            copied.append(dest / rel)
+    return copied
+
+
 def print_summary(report: Report, path: Path) -> None:
     """The claims on the terminal and where the report is."""
     for c in report.claims:
@@ -285,3 +306,10 @@ def shakespeare_overrides(steps: int, smoke: bool, out: Path) -> list[str]:
         "train.eval_batches=20",
         f"train.checkpoint_every={steps}",
     ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "publish":
+        sys.exit("usage: python -m experiments.common publish OUT_DIR DEST_DIR")
+    for f in publish(Path(sys.argv[2]), Path(sys.argv[3])):
+        print(f)

@@ -1,15 +1,23 @@
 """Multi-query associative recall (Zoology, Arora et al. 2023): attention with 1 and 2 layers.
 
-    python -m experiments.mqar                  # ~5 CPU minutes: 2 depths x 1 seed, 2000 steps each
+    python -m experiments.mqar                  # ~10 CPU minutes: 2 depths x 1 seed, 1000 steps of batch 256
     python -m experiments.mqar --seeds 0 1 2    # more seeds
     python -m experiments.mqar --smoke          # seconds: tiny, checks the pipeline only
 
 Task (``data.task=mqar``, train/data.py): 4 key-value pairs, then each key queried once among filler
 tokens; the loss counts only the value after a query key. Vocabulary 256 (keys from the lower
-half, values from the upper), length 64, d_model 64, 4 heads, MLPs on (Zoology's setting).
-Answering a query needs the value that *followed* the matching key: one attention layer can find
-the key's earlier occurrence but its value sits one position later, so (as for induction heads)
-two layers are needed: a previous-token step that tags each value with its key, then the lookup.
+half, values from the upper), length 64, d_model 64, 4 heads. Answering a query needs the value
+that *followed* the matching key: one attention layer can find the key's earlier occurrence, but
+its value sits one position later, so (as for induction heads) two layers are needed: a
+previous-token head tags each value with its key, then the query looks the tag up.
+
+Configuration, from pilots on this machine (2000 steps each, batch 64, lr 3e-3): learned positions
+with MLPs, rotary with MLPs, one head, attention-only, and lr 1e-2 all stayed at accuracy ~0.25
+(the model learns that the answer is one of the 4 values, not which: only 4 of 64 positions carry
+a loss, 256 labels per batch). Zoology's batch size, 256, gives 4x the labels per step, and the
+2-layer model then passes 0.98 by step 300. So: batch 256 (Zoology's), attention-only blocks
+(``model.mlp=false``: the recall is attention's job) with rotary positions (the previous-token head
+is one relative offset), 1000 steps.
 
 Claims (acceptance): 2 layers reach val accuracy >= 0.95 within 2000 steps; 1 layer stays <= 0.4.
 Every point is a `python -m train --config mqar ...` run of a sweep (experiments/sweep.py).
@@ -33,7 +41,8 @@ from experiments.common import (
 from experiments.sweep import Sweep, run_for_experiment
 
 NAME = "mqar"
-STEPS = 2000
+STEPS = 1000  # the claim allows 2000; the 2-layer pilot passed 0.95 by step 300
+LIMIT = 2000  # "within 2000 steps"
 
 
 def make_sweep(smoke: bool, seeds=(0,)) -> Sweep:
@@ -60,11 +69,13 @@ def make_sweep(smoke: bool, seeds=(0,)) -> Sweep:
             "model.max_len=64",
             "model.d_model=64",
             "model.n_heads=4",
-            "train.batch_size=64",
+            "model.mlp=false",
+            "model.positions=rotary",
+            "train.batch_size=256",
             f"train.steps={STEPS}",
             "train.eval_every=100",
-            "train.eval_batches=8",
-            "train.checkpoint_every=1000",
+            "train.eval_batches=4",
+            f"train.checkpoint_every={STEPS}",
         ]
     return Sweep.make(NAME, "mqar", fixed, {"model.n_layers": [1, 2], "train.seed": list(seeds)})
 
@@ -101,15 +112,20 @@ def write_report(out: Path, sweep: Sweep, rows: list[dict[str, Any]], command: s
     plt = pyplot()
     failed = [r for r in rows if r["status"] != "ok"]
     ok = [r for r in rows if r["status"] == "ok"]
-    steps = int(next(x.partition("=")[2] for x in sweep.fixed if x.startswith("train.steps=")))
     rep = Report("Multi-query associative recall (Zoology): 1 vs 2 attention layers", command)
-    for c in claims(ok, steps if not smoke else steps):
+    for c in claims(ok, LIMIT):
         rep.claim(c)
     rep.text(
         "Each run: `python -m train --config mqar "
         + " ".join(sweep.fixed)
         + " model.n_layers=L train.seed=S`."
         + (" **Smoke run: tiny model, a few steps; the numbers mean nothing.**" if smoke else "")
+    )
+    rep.text(
+        "Why batch 256, attention-only blocks and rotary positions: pilots with the preset's batch of 64 (learned "
+        "or rotary positions, with or without MLPs, 1 or 4 heads, lr 3e-3 or 1e-2) all stayed near accuracy 0.25 "
+        "for 2000 steps: the model learns that the answer is one of the 4 values but not which, with only 4 of 64 "
+        "positions carrying a loss. Zoology's batch of 256 gives 4x the labels per step (see the module docstring)."
     )
     table = []
     for r in ok:
