@@ -239,7 +239,7 @@ def test_positions_claims_follow_the_numbers():
 
 
 # ---------------------------------------------------------------------------- the full experiments (slow)
-@pytest.mark.slow
+@pytest.mark.experiment
 @pytest.mark.parametrize("module", [induction, mqar, masking, value_map, heads, positions, context])
 def test_full_experiment_meets_its_acceptance_claims(module, tmp_path):
     argv = ["--out", str(tmp_path / module.NAME)]
