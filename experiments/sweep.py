@@ -231,6 +231,43 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
 
 
+# Saved-config fields that may differ from a point's resolved config without making its run another one:
+# where it lives, its name, and the vocabulary the loop raises to fit the data.
+_IGNORED_FIELDS = ("run_dir", "name", "model.vocab_size")
+
+
+def stale_points(sweep: Sweep, out: Path, points: Sequence[Point]) -> dict[str, str]:
+    """Point id -> the first differing field, for started points whose saved config.json is not the point's config.
+
+    Point ids come from the axis values only, so after the base or the fixed overrides change, an old
+    run directory would otherwise pass for a finished point of the new sweep.
+    """
+    from train.config import ConfigError, apply_overrides, get_preset, load_run_config
+
+    stale = {}
+    for p in points:
+        run_dir = run_dir_of(out, p)
+        if not (run_dir / "config.json").is_file():
+            continue
+        try:
+            want = _flat(apply_overrides(get_preset(sweep.base), p.overrides(sweep)).to_dict())
+            have = _flat(load_run_config(run_dir).to_dict())
+        except (ConfigError, ValueError):
+            continue  # a bad config is reported as the point's failure
+        for key in sorted(set(want) | set(have)):
+            if key not in _IGNORED_FIELDS and want.get(key) != have.get(key):
+                stale[p.id] = f"{key}={have.get(key)!r} in {run_dir / 'config.json'}, the sweep says {want.get(key)!r}"
+                break
+    return stale
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def train_command(sweep: Sweep, point: Point, out: Path, *, python: str = "python") -> list[str]:
     """The ``python -m train`` command of a point: a fresh run, or ``--resume`` of its run directory."""
     run_dir = run_dir_of(out, point)
@@ -343,8 +380,15 @@ def run_sweep(
     if workers < 1:
         raise SweepError(f"workers={workers}: must be >= 1")
     out.mkdir(parents=True, exist_ok=True)
-    write_spec(sweep, out)
     points = sweep.points()
+    stale = stale_points(sweep, out, [p for p in points if only is None or p.index in only])
+    if stale:
+        pid, why = next(iter(stale.items()))
+        raise SweepError(
+            f"{len(stale)} run(s) in {out / 'runs'} were trained with another config (e.g. {pid}: {why}): "
+            f"the sweep changed; use a new --out, or delete those run directories to retrain them"
+        )
+    write_spec(sweep, out)
     todo = [p for p in points if (only is None or p.index in only) and not is_finished(run_dir_of(out, p))]
     bad = config_errors(sweep, todo)
     for p in todo:  # a bad config is recorded like any failed point; the others still run

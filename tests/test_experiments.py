@@ -240,9 +240,16 @@ def test_positions_claims_follow_the_numbers():
 
 # ---------------------------------------------------------------------------- the full experiments (slow)
 @pytest.mark.experiment
-@pytest.mark.parametrize("module", [induction, mqar, masking, value_map, heads, positions, context])
+@pytest.mark.parametrize("module", [induction, mqar, masking, value_map, heads, positions])
 def test_full_experiment_meets_its_acceptance_claims(module, tmp_path):
-    argv = ["--out", str(tmp_path / module.NAME)]
-    r = module.main(argv)
+    r = module.main(["--out", str(tmp_path / module.NAME)])
+    assert any(c.acceptance for c in r["claims"])
     failed = [c.line() for c in r["claims"] if c.acceptance and not c.passed]
     assert not failed, failed
+
+
+@pytest.mark.experiment
+def test_full_context_memory_slopes(tmp_path):
+    """At T = 256 .. 4096 the materialising reference attention's scratch grows ~T^2 and the chunked one's ~T."""
+    r = context.main(["--out", str(tmp_path / "context")])
+    assert r["claims"] and all(c.passed for c in r["claims"]), [c.line() for c in r["claims"]]

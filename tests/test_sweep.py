@@ -159,3 +159,20 @@ def test_sweep_records_failure_skips_finished_and_retries(tmp_path):
     assert summary.stat().st_mtime_ns == before
     assert "no such file" in failed_log.read_text()  # rewritten by the retry
     assert any("1 of 2 points already finished, skipped" in x for x in logs)
+
+
+def test_runs_of_a_changed_sweep_are_refused(tmp_path):
+    from train.config import apply_overrides, get_preset
+
+    s = sw.Sweep.make("x", "induction", ["train.steps=3"], {"model.n_layers": [1]})
+    p = s.points()[0]
+    run_dir = sw.run_dir_of(tmp_path, p)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(
+        apply_overrides(get_preset("induction"), ["train.steps=5", "model.n_layers=1"]).to_json()
+    )
+    with pytest.raises(sw.SweepError, match=r"train\.steps=5 in .*config\.json, the sweep says 3"):
+        sw.run_sweep(s, tmp_path)
+    same = apply_overrides(get_preset("induction"), [*p.overrides(s), f"run_dir={run_dir}", "model.vocab_size=40"])
+    (run_dir / "config.json").write_text(same.to_json())  # run_dir and a raised vocabulary do not count
+    assert sw.stale_points(s, tmp_path, s.points()) == {}
