@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -481,17 +480,9 @@ def _jsonable(r: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = experiment_parser(NAME, __doc__, sweep=False)
-    p.add_argument("--report-only", action="store_true", help="rewrite the report from OUT/results.pkl (no training)")
     args = p.parse_args(argv)
     out = default_out(NAME, args)
-    saved = out / "results.pkl"  # the analysed results (numpy arrays), so the report can be redrawn
-    if args.report_only:
-        if not saved.is_file():
-            raise SystemExit(f"error: {saved} not found: run the experiment first (without --report-only)")
-        results = pickle.loads(saved.read_bytes())
-    else:
-        results = run(out, args.smoke)
-        saved.write_bytes(pickle.dumps(results))
+    results = run(out, args.smoke)
     path, rep = write_report(out, results, command_line(NAME, argv), args.smoke)
     print_summary(rep, path)
     return {"report": path, "claims": rep.claims, "results": results}
