@@ -1,6 +1,6 @@
 """The context bottleneck: time and memory of attention against the context length T, per implementation.
 
-    python -m experiments.context                      # T = 256 .. 4096, reference / xla / chunked, fwd and fwd+bwd
+    python -m experiments.context                      # ~2 minutes: T = 256 .. 4096, reference / xla / chunked, fwd and fwd+bwd
     python -m experiments.context --T 512 1024 2048 4096 8192 --impls xla chunked
     python -m experiments.context --smoke              # seconds: tiny T, one repeat
 

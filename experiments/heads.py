@@ -44,7 +44,6 @@ NAME = "heads"
 STEPS = 500  # nanoGPT's CPU run uses 2000; a quarter keeps 12 runs near the budget of this shared 2-core machine
 HEADS = (1, 2, 4, 8, 16, 32)
 SEEDS = (0, 1)
-D_MODEL = 128
 # Vaswani et al. 2017, Table 3 rows (A): heads -> (dev perplexity, dev BLEU), newstest2013, base model d_model 512.
 PAPER = {1: (5.29, 24.9), 4: (5.00, 25.5), 8: (4.92, 25.8), 16: (4.91, 25.8), 32: (5.01, 25.4)}
 
@@ -57,10 +56,10 @@ def make_sweep(smoke: bool, out: Path, steps: int = STEPS, heads=HEADS, seeds=SE
 
 
 def d_model_of(sweep: Sweep) -> int:
-    for item in sweep.fixed:
-        if item.startswith("model.d_model="):
-            return int(item.partition("=")[2])
-    return D_MODEL
+    """The width every point of the sweep trains (the preset's unless a fixed override sets it)."""
+    from train.config import apply_overrides, get_preset
+
+    return apply_overrides(get_preset(sweep.base), list(sweep.fixed)).model.d_model
 
 
 def summarise(rows: list[dict[str, Any]], d_model: int) -> dict[int, dict[str, Any]]:
@@ -119,7 +118,9 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
         + (
             "**Smoke run: tiny model, a few steps; the numbers mean nothing.**"
             if smoke
-            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them."
+            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them. Seeds set "
+            "the initialisation (train.seed); every run sees the same batches (data.seed 0), so +- is the spread "
+            "over initialisations only."
         )
     )
     seeds = sorted({int(r["train.seed"]) for r in rows})

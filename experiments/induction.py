@@ -1,6 +1,6 @@
 """Induction heads (Elhage et al. 2021; Olsson et al. 2022): attention-only 1-layer vs 2-layer models.
 
-    python -m experiments.induction                 # ~10 CPU minutes: 3 seeds x {1, 2} layers + the fixed-period control
+    python -m experiments.induction                 # ~8 minutes here: 3 seeds x {1, 2} layers + the fixed-period control
     python -m experiments.induction --smoke         # seconds: tiny models, a few steps (checks the pipeline only)
 
 Writes runs/induction/report.md with the claims, tables and plots: loss by position, accuracy on the

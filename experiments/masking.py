@@ -1,6 +1,6 @@
 """Masking: train with and without the causal mask, and watch the unmasked model cheat, then fail at generation.
 
-    python -m experiments.masking               # ~10 CPU minutes: tiny Shakespeare, 2 runs of --steps steps
+    python -m experiments.masking               # ~10-15 minutes here: tiny Shakespeare, 2 runs of --steps steps
     python -m experiments.masking --smoke       # seconds: a tiny model on a few lines of text
 
 The lecture: the causal mask keeps later tokens from speaking to earlier ones. Without it

@@ -85,6 +85,28 @@ def claims(s: dict[str, dict[str, Any]]) -> list[Claim]:
     return out
 
 
+def signal_scales(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """positions kind -> (RMS of the trained token embedding, RMS of the additive position signal; 0 if none)."""
+    import numpy as np
+
+    from model.positions import sinusoidal_table
+    from train.sample import load_run
+
+    out = {}
+    seed = min(r["train.seed"] for r in rows)
+    for r in rows:
+        if r["status"] != "ok" or r["train.seed"] != seed or r["model.positions"] not in ("learned", "sinusoidal"):
+            continue
+        cfg, _, params, _ = load_run(r["run_dir"])
+        emb = float(np.sqrt(np.mean(np.square(np.asarray(params["embed"]["embedding"])))))
+        if cfg.model.positions == "learned":
+            pos = float(np.sqrt(np.mean(np.square(np.asarray(params["pos_embed"])))))
+        else:
+            pos = float(np.sqrt(np.mean(np.square(sinusoidal_table(cfg.model.max_len, cfg.model.d_model)))))
+        out[cfg.model.positions] = (emb, pos)
+    return out
+
+
 def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps: int):
     plt = pyplot()
     s = summarise(rows)
@@ -96,7 +118,9 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
         + (
             "**Smoke run: tiny model, a few steps; the numbers mean nothing.**"
             if smoke
-            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them."
+            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them. Seeds set "
+            "the initialisation (train.seed); every run sees the same batches (data.seed 0), so +- is the spread "
+            "over initialisations only."
         )
     )
     seeds = sorted({int(r["train.seed"]) for r in rows})
@@ -145,6 +169,20 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
     fig.savefig(path, dpi=110)
     plt.close(fig)
     rep.figure(path, "validation loss during training (left) and at the end (right)", out)
+    scales = signal_scales(rows)
+    if scales:
+        rep.heading("How strong is each position signal against the token signal?")
+        rep.text(
+            "RMS per channel of the token embeddings and of what each kind adds to them, at the end of training "
+            "(seed " + str(seeds[0]) + "). Both enter the first norm together, so a position signal far larger "
+            "than the token signal drowns the tokens until the embeddings grow (Vaswani et al. multiply the "
+            "embeddings by sqrt(d_model) before adding the sinusoids; this model does not, and its embeddings "
+            "start at std model.init_std)."
+        )
+        rep.table(
+            ["positions", "token embedding RMS", "position signal RMS", "ratio"],
+            [[k, e, p, p / e if p else None] for k, (e, p) in scales.items()],
+        )
     rep.data = {"summary": s, "rows": rows}
     return rep.write(out), rep
 

@@ -1,6 +1,6 @@
 """The value map: factored into value-down and value-up (the lecture) against a full-rank D x D map per head.
 
-    python -m experiments.value_map              # 2 maps x 2 seeds on tiny Shakespeare, --steps each
+    python -m experiments.value_map              # ~9 minutes here: 2 maps x 2 seeds on tiny Shakespeare, --steps each
     python -m experiments.value_map --smoke      # seconds: tiny model, checks the pipeline only
 
 The lecture first explains each head's value map as a D x D matrix (read the residual stream,
@@ -105,7 +105,9 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
         + (
             "**Smoke run: tiny model, a few steps; the numbers mean nothing.**"
             if smoke
-            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them."
+            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them. Seeds set "
+            "the initialisation (train.seed); every run sees the same batches (data.seed 0), so +- is the spread "
+            "over initialisations only."
         )
     )
     rep.heading("Parameters (model.params.analytic_counts)")
