@@ -126,7 +126,7 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
     seeds = sorted({int(r["train.seed"]) for r in rows})
     table = []
     for h, e in summary.items():
-        paper = PAPER.get(h, (None, None))
+        paper = [f"{PAPER[h][0]:.2f}", f"{PAPER[h][1]:.1f}"] if h in PAPER else [None, None]
         table.append(
             [h, e["d_head"], *[e["losses"].get(s) for s in seeds], e["mean"], e["pm"], math.exp(e["mean"]), *paper]
         )

@@ -182,7 +182,7 @@ def test_heads_smoke(tmp_path):
     heads.main(["--smoke", "--out", str(out), *INPROCESS])
     text = check_report(out, 1, ["heads.png", "curves_heads.png"], "--smoke")  # no h=1 run: one claim
     assert "| 4 | 8 |" in text and "| 8 | 4 |" in text  # h and d_head = 32 / h
-    assert "| 5.000 | 25.500 |" in text  # the paper's h=4 dev perplexity and BLEU beside ours
+    assert "| 5.00 | 25.5 |" in text  # the paper's h=4 dev perplexity and BLEU beside ours
 
 
 def test_positions_smoke(tmp_path):
