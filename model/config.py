@@ -58,6 +58,7 @@ class ModelConfig:
         "auto"  # see model.attention.attention: 'auto' | 'reference' | 'xla' | 'chunked' ...
     )
     init_std: float = 0.02  # std of the normal initialiser of matrices (GPT-2)
+    embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, 3.4)
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -187,6 +188,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "remat": (str,),
     "attention_impl": (str,),
     "init_std": (float, int),
+    "embed_scale": (bool,),
 }
 assert set(_FIELD_TYPES) == {f.name for f in fields(ModelConfig)}, "every field needs its type"
 

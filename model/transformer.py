@@ -5,7 +5,9 @@
     logits = jax.jit(model.apply)({"params": params}, tokens)       # [B, T, V] float32
 
 tokens ``[B, T]`` int -> embed (+ positions) -> L blocks (scanned or unrolled) -> norm -> unembed ->
-logits ``[B, T, V]``; next-token cross-entropy is in :func:`next_token_loss`.
+logits ``[B, T, V]``; next-token cross-entropy is in :func:`next_token_loss`. With ``embed_scale`` the
+token embeddings are multiplied by sqrt(d_model) before positions are added (Vaswani et al. 2017, 3.4);
+the tied unembedding uses the unscaled table, as in the paper.
 
 One forward call returns the attention pattern of every head of every layer:
 :func:`attention_patterns` -> ``[L, B, H, T, T]``.
@@ -63,6 +65,8 @@ class Transformer(nn.Module):
         # batch-sharded stream is a reshard the partitioner does badly); tensor parallelism keeps its vocab split.
         table = constrain(embed.embedding, ("vocab", None))  # [V, D]
         x = constrain(jnp.take(table, tokens, axis=0).astype(jnp.float32), ("batch", "length", "act_embed"))
+        if cfg.embed_scale:  # Vaswani et al. 3.4: embeddings times sqrt(d_model), before positions are added
+            x = x * jnp.sqrt(jnp.float32(cfg.d_model))
         if positions is None:
             if decode:  # the next position to fill is the number of tokens decoded so far
                 index = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
