@@ -135,6 +135,24 @@ def pyplot():
     return plt
 
 
+def seed_losses(rows: Sequence[dict[str, Any]], key: str, metric: str = "val_loss") -> dict[str, dict[str, Any]]:
+    """Finished sweep rows grouped by ``row[key]`` (first-seen order): ``{value: {"losses": {seed: metric},
+    "mean": seed mean, "pm": half the range over seeds}}``."""
+    by: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            by.setdefault(r[key], {"losses": {}})["losses"][int(r["train.seed"])] = r[metric]
+    for e in by.values():
+        e["mean"], e["pm"] = mean(e["losses"].values()), spread(e["losses"].values())
+    return by
+
+
+def val_curve(run_dir: str | Path) -> tuple[list[int], list[float]]:
+    """(steps, validation losses) of a run's evaluations, for plotting."""
+    recs = eval_records(run_dir)
+    return [x["step"] for x in recs], [x["val_loss"] for x in recs]
+
+
 # ---------------------------------------------------------------------------- the report
 @dataclass
 class Claim:
@@ -245,6 +263,50 @@ def publish(out: Path, dest: Path) -> list[Path]:
             shutil.copyfile(src, dest / rel)
             copied.append(dest / rel)
     return copied
+
+
+def runs_note(sweep, axes: str, smoke: bool, steps: int, detail: str = "") -> str:
+    """The paragraph under a sweep experiment's claims: its training command, then the budget (or 'smoke')."""
+    text = f"Runs: `python -m train --config {sweep.base} {' '.join(sweep.fixed)} {axes}`{detail}. "
+    if smoke:
+        return text + "**Smoke run: tiny model, a few steps; the numbers mean nothing.**"
+    return text + (
+        f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them. Seeds set "
+        "the initialisation (train.seed); every run sees the same batches (data.seed 0), so +- is the spread "
+        "over initialisations only."
+    )
+
+
+def failed_note(rows: Sequence[dict[str, Any]]) -> str | None:
+    """'Failed points: ...' naming each failed point and its error, or None when every point finished."""
+    failed = [r for r in rows if r["status"] != "ok"]
+    return "Failed points: " + "; ".join(f"{r['id']}: {r.get('error')}" for r in failed) if failed else None
+
+
+def add_steps_and_seeds(p: argparse.ArgumentParser, steps: int | None, seeds: Sequence[int]) -> None:
+    """--steps (default ``steps``; None: the experiment's own per-setting default) and --seeds."""
+    default = "the experiment's" if steps is None else steps
+    p.add_argument("--steps", type=int, default=steps, help=f"training steps per run (default {default})")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=f"training seeds (default {seeds})")
+
+
+def sweep_experiment_main(name: str, doc: str | None, argv, steps: int, seeds: Sequence[int], make_sweep, write_report):
+    """The main() of an experiment that is one sweep: parse --steps/--seeds and the shared options, run the
+    sweep (or print its commands), write the report, print the claims. Returns report path, claims and rows
+    (None when nothing was trained here)."""
+    from experiments.sweep import run_for_experiment  # experiments.sweep imports this module
+
+    p = experiment_parser(name, doc)
+    add_steps_and_seeds(p, steps, seeds)
+    args = p.parse_args(argv)
+    out = default_out(name, args)
+    sweep = make_sweep(args.smoke, out, args.steps, args.seeds)
+    rows = run_for_experiment(sweep, out, args)
+    if rows is None:
+        return None
+    path, rep = write_report(out, sweep, rows, command_line(name, argv), args.smoke, args.steps)
+    print_summary(rep, path)
+    return {"report": path, "claims": rep.claims, "rows": rows}
 
 
 def print_summary(report: Report, path: Path) -> None:

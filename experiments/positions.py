@@ -5,8 +5,11 @@
     python -m experiments.positions --smoke          # seconds: tiny model, checks the pipeline only
 
 nanoGPT's CPU baby GPT (``--config shakespeare-char-cpu``) with ``model.positions`` set to each
-kind. The paper found learned and sinusoidal embeddings "nearly identical" (dev PPL 4.92 both,
-BLEU 25.7 vs 25.8). Haviv et al. 2022 ("Transformer language models without positional encodings
+kind, in the paper's setting for every arm: token embeddings multiplied by sqrt(d_model) before the
+positions are added (``model.embed_scale=true``, Vaswani et al. 3.4), so only the positions vary.
+Without it the unit-amplitude sinusoids (RMS 0.707) are tens of times the 0.02-std token embeddings
+and drown them (the run at commit 612dcfb: sinusoidal 3.37 vs learned 2.33 nats at 500 steps). The
+paper found learned and sinusoidal embeddings "nearly identical" (dev PPL 4.92 both, BLEU 25.7 vs 25.8). Haviv et al. 2022 ("Transformer language models without positional encodings
 still learn positional information") found causal language models without any position
 information competitive, slightly worse: the causal mask itself leaks position (a token can count
 how many tokens it sees).
@@ -23,20 +26,18 @@ from typing import Any
 from experiments.common import (
     Claim,
     Report,
-    command_line,
-    default_out,
-    eval_records,
-    experiment_parser,
-    mean,
-    print_summary,
+    failed_note,
     pyplot,
+    runs_note,
+    seed_losses,
     shakespeare_overrides,
-    spread,
+    sweep_experiment_main,
+    val_curve,
 )
-from experiments.sweep import Sweep, run_for_experiment
+from experiments.sweep import Sweep
 
 NAME = "positions"
-STEPS = 500  # nanoGPT's CPU run uses 2000; a quarter keeps 8 runs near the budget of this shared 2-core machine
+STEPS = 1500  # nanoGPT's CPU run uses 2000; 8 runs of 1500 (~60 ms/step) fit ~15 CPU minutes on this machine
 KINDS = ("learned", "sinusoidal", "rotary", "none")
 SEEDS = (0, 1)
 PAPER = {"learned": "4.92 / 25.7", "sinusoidal": "4.92 / 25.8"}  # Table 3: dev PPL / BLEU (base model: sinusoidal)
@@ -45,17 +46,12 @@ PAPER = {"learned": "4.92 / 25.7", "sinusoidal": "4.92 / 25.8"}  # Table 3: dev 
 def make_sweep(smoke: bool, out: Path, steps: int = STEPS, seeds=SEEDS) -> Sweep:
     if smoke:
         seeds = (0,)
-    fixed = shakespeare_overrides(steps, smoke, out)
+    fixed = [*shakespeare_overrides(steps, smoke, out), "model.embed_scale=true"]
     return Sweep.make(NAME, "shakespeare-char-cpu", fixed, {"model.positions": list(KINDS), "train.seed": list(seeds)})
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    by: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["status"] == "ok":
-            by.setdefault(r["model.positions"], {"losses": {}})["losses"][int(r["train.seed"])] = r["val_loss"]
-    for e in by.values():
-        e["mean"], e["pm"] = mean(e["losses"].values()), spread(e["losses"].values())
+    by = seed_losses(rows, "model.positions")
     return {k: by[k] for k in KINDS if k in by}
 
 
@@ -85,26 +81,50 @@ def claims(s: dict[str, dict[str, Any]]) -> list[Claim]:
     return out
 
 
-def signal_scales(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """positions kind -> (RMS of the trained token embedding, RMS of the additive position signal; 0 if none)."""
+def signal_scales(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """positions kind -> RMS per channel of the trained embedding table, of the token signal the first block
+    sees (the table times sqrt(d_model) under embed_scale) and of the additive position signal (0 for none)."""
     import numpy as np
 
     from model.positions import sinusoidal_table
     from train.sample import load_run
 
+    def rms(a) -> float:
+        return float(np.sqrt(np.mean(np.square(np.asarray(a, np.float64)))))
+
     out = {}
-    seed = min(r["train.seed"] for r in rows)
+    seed = min(int(r["train.seed"]) for r in rows)
     for r in rows:
-        if r["status"] != "ok" or r["train.seed"] != seed or r["model.positions"] not in ("learned", "sinusoidal"):
+        if r["status"] != "ok" or int(r["train.seed"]) != seed:
             continue
         cfg, _, params, _ = load_run(r["run_dir"])
-        emb = float(np.sqrt(np.mean(np.square(np.asarray(params["embed"]["embedding"])))))
-        if cfg.model.positions == "learned":
-            pos = float(np.sqrt(np.mean(np.square(np.asarray(params["pos_embed"])))))
-        else:
-            pos = float(np.sqrt(np.mean(np.square(sinusoidal_table(cfg.model.max_len, cfg.model.d_model)))))
-        out[cfg.model.positions] = (emb, pos)
-    return out
+        m = cfg.model
+        table = rms(params["embed"]["embedding"])
+        token = table * (np.sqrt(m.d_model) if m.embed_scale else 1.0)
+        if m.positions == "learned":
+            pos = rms(params["pos_embed"])
+        elif m.positions == "sinusoidal":
+            pos = rms(sinusoidal_table(m.max_len, m.d_model))
+        else:  # rotary rotates queries and keys inside attention; none adds nothing
+            pos = 0.0
+        out[m.positions] = {"table": table, "token": token, "position": pos, "embed_scale": m.embed_scale}
+    return {k: out[k] for k in KINDS if k in out}
+
+
+def why_learned_differs(s: dict[str, dict[str, Any]], scales: dict[str, dict[str, float]]) -> str:
+    """The measured signal strengths beside the learned - sinusoidal gap (what the first claim turns on)."""
+    lr, sn = scales["learned"], scales["sinusoidal"]
+    text = (
+        f"Learned minus sinusoidal: {s['learned']['mean'] - s['sinusoidal']['mean']:+.3f} nats. At the end of "
+        f"training the learned position table carries {lr['position'] / lr['token']:.3f} of the token signal's RMS, "
+        f"the sinusoids {sn['position'] / sn['token']:.3f}."
+    )
+    if "none" in s:
+        text += f" Learned minus no positions at all: {s['learned']['mean'] - s['none']['mean']:+.3f} nats."
+    return text + (
+        " The learned table starts at std model.init_std while the scaled token embeddings start sqrt(d_model) "
+        "times larger, so in this setting learned positions begin as a weak signal and must grow during training."
+    )
 
 
 def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps: int):
@@ -113,16 +133,7 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
     rep = Report("Position information: learned, sinusoidal, rotary, none (tiny Shakespeare)", command)
     for c in claims(s):
         rep.claim(c)
-    rep.text(
-        f"Runs: `python -m train --config shakespeare-char-cpu {' '.join(sweep.fixed)} model.positions=P train.seed=S`. "
-        + (
-            "**Smoke run: tiny model, a few steps; the numbers mean nothing.**"
-            if smoke
-            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them. Seeds set "
-            "the initialisation (train.seed); every run sees the same batches (data.seed 0), so +- is the spread "
-            "over initialisations only."
-        )
-    )
+    rep.text(runs_note(sweep, "model.positions=P train.seed=S", smoke, steps))
     seeds = sorted({int(r["train.seed"]) for r in rows})
     table = [
         [
@@ -139,18 +150,15 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
         ["positions", *[f"val loss seed {x}" for x in seeds], "mean", "+-", "minus learned", "paper dev PPL / BLEU"],
         table,
     )
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        rep.text("Failed points: " + "; ".join(f"{r['id']}: {r.get('error')}" for r in failed))
+    if note := failed_note(rows):
+        rep.text(note)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, k in enumerate(s):
         for r in rows:
             if r["status"] == "ok" and r["model.positions"] == k:
-                recs = eval_records(r["run_dir"])
-                first = r["train.seed"] == str(seeds[0])
+                first = int(r["train.seed"]) == seeds[0]
                 axes[0].plot(
-                    [x["step"] for x in recs],
-                    [x["val_loss"] for x in recs],
+                    *val_curve(r["run_dir"]),
                     color=f"C{i}",
                     marker=".",
                     alpha=0.8,
@@ -173,33 +181,43 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
     if scales:
         rep.heading("How strong is each position signal against the token signal?")
         rep.text(
-            "RMS per channel of the token embeddings and of what each kind adds to them, at the end of training "
-            "(seed " + str(seeds[0]) + "). Both enter the first norm together, so a position signal far larger "
-            "than the token signal drowns the tokens until the embeddings grow (Vaswani et al. multiply the "
-            "embeddings by sqrt(d_model) before adding the sinusoids; this model does not, and its embeddings "
-            "start at std model.init_std)."
+            "RMS per channel at the end of training (seed " + str(seeds[0]) + "): the embedding table, the token "
+            "signal the first block sees (the table times sqrt(d_model) when model.embed_scale is on, as in "
+            "Vaswani et al. 3.4) and what each kind adds to it. Both enter the first norm together, so a position "
+            "signal far larger than the token signal drowns the tokens. The last column is the ratio the same "
+            "tables would give without the scaling. Rotary positions act inside attention and add nothing here."
         )
         rep.table(
-            ["positions", "token embedding RMS", "position signal RMS", "ratio"],
-            [[k, e, p, p / e if p else None] for k, (e, p) in scales.items()],
+            [
+                "positions",
+                "embed_scale",
+                "embedding table RMS",
+                "token signal RMS",
+                "position signal RMS",
+                "position / token",
+                "position / table (unscaled)",
+            ],
+            [
+                [
+                    k,
+                    e["embed_scale"],
+                    e["table"],
+                    e["token"],
+                    e["position"],
+                    e["position"] / e["token"] if e["position"] else None,
+                    e["position"] / e["table"] if e["position"] else None,
+                ]
+                for k, e in scales.items()
+            ],
         )
-    rep.data = {"summary": s, "rows": rows}
+        if {"learned", "sinusoidal"} <= set(scales) and {"learned", "sinusoidal"} <= set(s):
+            rep.text(why_learned_differs(s, scales))
+    rep.data = {"summary": s, "rows": rows, "signal_scales": scales}
     return rep.write(out), rep
 
 
 def main(argv: list[str] | None = None):
-    p = experiment_parser(NAME, __doc__)
-    p.add_argument("--steps", type=int, default=STEPS, help=f"training steps per run (default {STEPS})")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    args = p.parse_args(argv)
-    out = default_out(NAME, args)
-    sweep = make_sweep(args.smoke, out, args.steps, args.seeds)
-    rows = run_for_experiment(sweep, out, args)
-    if rows is None:
-        return None
-    path, rep = write_report(out, sweep, rows, command_line(NAME, argv), args.smoke, args.steps)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows}
+    return sweep_experiment_main(NAME, __doc__, argv, STEPS, SEEDS, make_sweep, write_report)
 
 
 if __name__ == "__main__":

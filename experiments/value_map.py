@@ -23,17 +23,15 @@ from typing import Any
 from experiments.common import (
     Claim,
     Report,
-    command_line,
-    default_out,
-    eval_records,
-    experiment_parser,
-    mean,
-    print_summary,
+    failed_note,
     pyplot,
+    runs_note,
+    seed_losses,
     shakespeare_overrides,
-    spread,
+    sweep_experiment_main,
+    val_curve,
 )
-from experiments.sweep import Sweep, run_for_experiment
+from experiments.sweep import Sweep
 
 NAME = "value_map"
 STEPS = 500  # nanoGPT's CPU run uses 2000; a quarter keeps 4 runs well within the budget of this shared machine
@@ -89,25 +87,18 @@ def claims(params: dict[str, dict[str, Any]], losses: dict[str, dict[str, Any]])
 def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps: int):
     plt = pyplot()
     params = param_table(sweep)
-    losses: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["status"] == "ok":
-            losses.setdefault(r["model.value_map"], {"losses": {}})["losses"][int(r["train.seed"])] = r["val_loss"]
-    for e in losses.values():
-        e["mean"], e["pm"] = mean(e["losses"].values()), spread(e["losses"].values())
+    losses = seed_losses(rows, "model.value_map")
     rep = Report("The value map: factored (value-down, value-up) vs full-rank D x D per head", command)
     for c in claims(params, losses):
         rep.claim(c)
     cfg = params["factored"]["config"]
     rep.text(
-        f"Runs: `python -m train --config shakespeare-char-cpu {' '.join(sweep.fixed)} model.value_map=M train.seed=S` "
-        f"(D = {cfg.d_model}, H = {cfg.n_heads}, Dh = {cfg.head_dim}, L = {cfg.n_layers}). "
-        + (
-            "**Smoke run: tiny model, a few steps; the numbers mean nothing.**"
-            if smoke
-            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them. Seeds set "
-            "the initialisation (train.seed); every run sees the same batches (data.seed 0), so +- is the spread "
-            "over initialisations only."
+        runs_note(
+            sweep,
+            "model.value_map=M train.seed=S",
+            smoke,
+            steps,
+            f" (D = {cfg.d_model}, H = {cfg.n_heads}, Dh = {cfg.head_dim}, L = {cfg.n_layers})",
         )
     )
     rep.heading("Parameters (model.params.analytic_counts)")
@@ -139,17 +130,14 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
             if m in losses
         ],
     )
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        rep.text("Failed points: " + "; ".join(f"{r['id']}: {r.get('error')}" for r in failed))
+    if note := failed_note(rows):
+        rep.text(note)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, m in enumerate(MAPS):
         for r in rows:
             if r["status"] == "ok" and r["model.value_map"] == m:
-                recs = eval_records(r["run_dir"])
                 ax.plot(
-                    [x["step"] for x in recs],
-                    [x["val_loss"] for x in recs],
+                    *val_curve(r["run_dir"]),
                     color=f"C{i}",
                     marker=".",
                     label=f"{m} (seed {r['train.seed']})",
@@ -171,18 +159,7 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
 
 
 def main(argv: list[str] | None = None):
-    p = experiment_parser(NAME, __doc__)
-    p.add_argument("--steps", type=int, default=STEPS, help=f"training steps per run (default {STEPS})")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    args = p.parse_args(argv)
-    out = default_out(NAME, args)
-    sweep = make_sweep(args.smoke, out, args.steps, args.seeds)
-    rows = run_for_experiment(sweep, out, args)
-    if rows is None:
-        return None
-    path, rep = write_report(out, sweep, rows, command_line(NAME, argv), args.smoke, args.steps)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows}
+    return sweep_experiment_main(NAME, __doc__, argv, STEPS, SEEDS, make_sweep, write_report)
 
 
 if __name__ == "__main__":
