@@ -356,14 +356,23 @@ def attention(
             f"implementation={implementation!r} cannot return or drop out the attention pattern; "
             f"use implementation='reference'"
         )
-    mask = make_mask(
-        q_len,
-        k_len,
-        causal=causal,
-        q_offset=q_offset,
-        kv_lengths=kv_lengths,
-        q_lengths=q_lengths,
-        window=window,
+    if implementation != "reference" and implementation not in _IMPLEMENTATIONS:
+        _load_kernels()
+    # A kernel that builds its masks per block from the mask arguments ('chunked') is registered with
+    # ``needs_dense_mask = False``: then no [Q, K] mask is built (not even outside jit).
+    dense = implementation == "reference" or getattr(_IMPLEMENTATIONS.get(implementation), "needs_dense_mask", True)
+    mask = (
+        make_mask(
+            q_len,
+            k_len,
+            causal=causal,
+            q_offset=q_offset,
+            kv_lengths=kv_lengths,
+            q_lengths=q_lengths,
+            window=window,
+        )
+        if dense
+        else None
     )
     if implementation == "reference":
         pattern = masked_softmax(attention_scores(q, k, scale), mask)

@@ -129,6 +129,36 @@ def test_bfloat16_inputs(name):
         assert _max_diff(a, b) <= BF16_GRAD_TOL
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_scale_folded_into_q_or_applied_to_scores(dtype):
+    # An explicit scale that is not a power of two: float32 folds it into q (one rounding of q), bfloat16
+    # keeps it on the float32 scores (folding would round q * scale to bf16); both match the reference.
+    q, k, v, w = _qkv(2, 37, 37, 4, 2, 16, dtype=dtype)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    kw = dict(causal=True, scale=0.3)
+    ref, ref_g = _out_and_grads(lambda q, k, v: attention(q, k, v, implementation="reference", **kw), *f32, w)
+    out, g = _out_and_grads(lambda q, k, v: chunked_attention(q, k, v, **kw, **BLOCKS), q, k, v, w)
+    fwd_tol, grad_tol = (FWD_TOL, GRAD_TOL) if dtype == jnp.float32 else (BF16_FWD_TOL, BF16_GRAD_TOL)
+    assert _max_diff(out, ref) <= fwd_tol
+    for a, b in zip(g, ref_g, strict=True):
+        assert _max_diff(a, b) <= grad_tol
+
+
+def test_entry_point_builds_no_dense_mask(monkeypatch):
+    # 'chunked' gets only the mask arguments: the entry point never builds the [Q, K] mask for it.
+    import model.attention as attention_module
+
+    def no_dense_mask(*args, **kwargs):
+        raise AssertionError("dense mask built for 'chunked'")
+
+    monkeypatch.setattr(attention_module, "make_mask", no_dense_mask)
+    q, k, v, _ = _qkv(2, 24, 24, 2, 2, 8)
+    kw = dict(causal=True, window=5, kv_lengths=jnp.array([24, 10]), q_lengths=jnp.array([24, 9]))
+    out = attention(q, k, v, implementation="chunked", **kw)
+    monkeypatch.undo()
+    assert _max_diff(out, attention(q, k, v, **kw)) <= FWD_TOL
+
+
 def test_fully_masked_rows_are_zero_without_nan():
     # Sequence 1 has no keys at all; query rows 0..2 of sequence 0 see only keys outside their window.
     q, k, v, w = _qkv(2, 20, 20, 2, 2, 8)

@@ -6,7 +6,7 @@ pure JAX, behind ``attention(..., implementation='chunked')``::
     for each query block i:                      (lax.scan over query blocks)
         m, l, acc = -inf, 0, 0                   running row max, row sum, unnormalised output
         for each key block j that block i sees:  (lax.fori_loop, bounds computed per i)
-            s = q_i k_j^T * scale                [B, G, R*bq, bk]  only this block of scores exists
+            s = (q_i * scale) k_j^T              [B*G, R*bq, bk]  only this block of scores exists
             m, l, acc = online_softmax_update(m, l, acc, s, v_j)
         out_i, lse_i = acc / l, m + log l
 
@@ -29,9 +29,12 @@ build their mask from positions (iota) in a second loop. :func:`block_schedule` 
 Padded queries (``q_lengths``) are zeroed outside the kernel, so their gradient is zero too.
 
 Why it looks the way it does on CPU (measured, experiments/bench_attention.py): 128 x 128 blocks keep
-a step's score block in cache; the backward computes each block transposed (keys x queries) because
-XLA:CPU's matmuls that contract the lhs's second-to-last axis run ~1.5x slower; the scale is applied
-to the float32 scores (fused with the exp), not to q.
+a step's score block in cache (256 and 512 were slower); the blocks are ``[B*G, rows, Dh]`` so that every
+matmul is a plain batched matmul over one batch axis with canonical layouts; the scale is folded into
+q once (exact in float32 up to one rounding of q; for other dtypes only when it is a power of two, else
+it multiplies the float32 scores), which saves a pass over every score block; the backward computes
+each block transposed (keys x queries) so that dv = p^T do and dk = ds^T q contract the lhs's last axis,
+and applies the scale to dq (and dk) once at the end.
 
 Small importable pieces (reused by ring attention): :func:`block_scores`, :func:`online_softmax_update`,
 :func:`finalize`, :func:`merge_partials`, :func:`block_grads`, :func:`block_mask`, :class:`MaskInfo`.
@@ -40,6 +43,7 @@ Small importable pieces (reused by ring attention): :func:`block_scores`, :func:
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import jax
@@ -222,31 +226,33 @@ def _plan(length: int, block: int) -> tuple[int, int]:
 
 
 def _q_blocks(x: Array, n: int, bq: int, g: int) -> Array:
-    """``[B, Q, H, Dh] -> [n, B, G, R*bq, Dh]`` (rows: head-in-group major, position minor)."""
+    """``[B, Q, H, Dh] -> [n, B*G, R*bq, Dh]`` (rows: head-in-group major, position minor)."""
     b, q, h, d = x.shape
     x = jnp.pad(x, ((0, 0), (0, n * bq - q), (0, 0), (0, 0)))
     x = x.reshape(b, n, bq, g, h // g, d).transpose(1, 0, 3, 4, 2, 5)
-    return x.reshape(n, b, g, (h // g) * bq, d)
+    return x.reshape(n, b * g, (h // g) * bq, d)
 
 
-def _q_unblock(x: Array, q_len: int, h: int) -> Array:
-    """Inverse of :func:`_q_blocks`: ``[n, B, G, R*bq, Dh] -> [B, Q, H, Dh]``."""
-    n, b, g, rows, d = x.shape
+def _q_unblock(x: Array, q_len: int, h: int, b: int) -> Array:
+    """Inverse of :func:`_q_blocks`: ``[n, B*G, R*bq, Dh] -> [B, Q, H, Dh]``."""
+    n, bg, rows, d = x.shape
+    g = bg // b
     bq = rows // (h // g)
     x = x.reshape(n, b, g, h // g, bq, d).transpose(1, 0, 4, 2, 3, 5).reshape(b, n * bq, h, d)
     return x[:, :q_len]
 
 
 def _kv_blocks(x: Array, n: int, bk: int) -> Array:
-    """``[B, K, G, Dh] -> [n, B, G, bk, Dh]``."""
+    """``[B, K, G, Dh] -> [n, B*G, bk, Dh]``."""
     b, k, g, d = x.shape
     x = jnp.pad(x, ((0, 0), (0, n * bk - k), (0, 0), (0, 0)))
-    return x.reshape(b, n, bk, g, d).transpose(1, 0, 3, 2, 4)
+    return x.reshape(b, n, bk, g, d).transpose(1, 0, 3, 2, 4).reshape(n, b * g, bk, d)
 
 
-def _kv_unblock(x: Array, k_len: int) -> Array:
-    n, b, g, bk, d = x.shape
-    return x.transpose(1, 0, 3, 2, 4).reshape(b, n * bk, g, d)[:, :k_len]
+def _kv_unblock(x: Array, k_len: int, b: int) -> Array:
+    n, bg, bk, d = x.shape
+    g = bg // b
+    return x.reshape(n, b, g, bk, d).transpose(1, 0, 3, 2, 4).reshape(b, n * bk, g, d)[:, :k_len]
 
 
 @dataclass(frozen=True)
@@ -264,6 +270,8 @@ class _Static:
     bk: int
     nk: int
     scale: float
+    fold: bool  # the scale is folded into q (exact in float32, or a power of two) rather than into the scores
+    batch: int  # B
     groups: int  # G, key/value heads
     rows: int  # R * bq: rows of a query block (the R query heads of a group stacked)
 
@@ -298,8 +306,11 @@ class _Static:
         return q_pos, k_pos
 
 
-def _make_static(q_shape, k_shape, causal, window, has_kv_lengths, scale, block_q, block_k) -> _Static:
-    _, q_len, h, _ = q_shape
+def _make_static(
+    q_shape, k_shape, causal, window, has_kv_lengths, scale, block_q, block_k, dtype=jnp.float32
+) -> _Static:
+    batch, q_len, h, _ = q_shape
+    mantissa = abs(float(scale)) and abs(float(scale)) / 2.0 ** round(math.log2(abs(float(scale))))
     k_len, g = k_shape[1], k_shape[2]
     bq, nq = _plan(q_len, block_q)
     bk, nk = _plan(k_len, block_k)
@@ -315,6 +326,8 @@ def _make_static(q_shape, k_shape, causal, window, has_kv_lengths, scale, block_
         bk=bk,
         nk=nk,
         scale=scale,
+        fold=jnp.dtype(dtype) == jnp.float32 or mantissa == 1.0,
+        batch=batch,
         rows=(h // g) * bq,
         groups=g,
     )
@@ -337,25 +350,46 @@ def _three_loops(lo, f_lo, f_hi, hi, step, carry):
     return jax.lax.fori_loop(0, n_head + hi - f_hi, masked, carry)
 
 
+def _flat_mask(info: MaskInfo, st: _Static, i: Array, j: Array) -> Array:
+    """:func:`block_mask` of block (i, j) for the kernel's flattened batch axis: ``[B*G or 1, R*bq, bk]``."""
+    m = block_mask(info, *st.positions(info, i, j))  # [B|1, 1, Rq, bk]
+    if m.shape[0] == 1:
+        return m[0]
+    return jnp.broadcast_to(m, (m.shape[0], st.groups) + m.shape[2:]).reshape((-1,) + m.shape[2:])
+
+
 def _forward_blocks(st: _Static, qb, kb, vb, q_offset, kv_lengths):
-    """Blocked forward: qb ``[nq,B,G,R*bq,Dh]``, kb/vb ``[nk,B,G,bk,Dh]`` -> (out f32, lse) per q block."""
+    """Blocked forward: qb ``[nq,B*G,R*bq,Dh]`` (pre-scaled when ``st.fold``), kb/vb ``[nk,B*G,bk,Dh]``.
+
+    Returns (out float32, lse) per query block. Every block is a plain batched matmul over one batch
+    axis (B*G) with canonical layouts.
+    """
     info = st.info(q_offset, kv_lengths)
-    _, b, g, rows, _ = qb.shape
+    _, bg, rows, _ = qb.shape
     dv = vb.shape[-1]
 
     def q_block(_, xs):
         i, q_i = xs
 
         def step(j, carry, masked):
-            s = block_scores(q_i, kb[j], st.scale)
+            m, l, acc = carry
+            s = jnp.einsum("bqd,bkd->bqk", q_i, kb[j], preferred_element_type=jnp.float32)
+            if not st.fold:
+                s = s * jnp.float32(st.scale)
             if masked:
-                s = jnp.where(block_mask(info, *st.positions(info, i, j)), s, -jnp.inf)
-            return online_softmax_update(*carry, s, vb[j])
+                s = jnp.where(_flat_mask(info, st, i, j), s, -jnp.inf)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+            m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # all masked so far: exp(-inf - 0) = 0
+            alpha = jnp.exp(m - m_use)
+            p = jnp.exp(s - m_use[..., None])
+            l = alpha * l + jnp.sum(p, axis=-1)
+            pv = jnp.einsum("bqk,bkd->bqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
+            return m_new, l, alpha[..., None] * acc + pv
 
         init = (
-            jnp.full((b, g, rows), -jnp.inf, jnp.float32),
-            jnp.zeros((b, g, rows), jnp.float32),
-            jnp.zeros((b, g, rows, dv), jnp.float32),
+            jnp.full((bg, rows), -jnp.inf, jnp.float32),
+            jnp.zeros((bg, rows), jnp.float32),
+            jnp.zeros((bg, rows, dv), jnp.float32),
         )
         return None, finalize(*_three_loops(*st.k_block_ranges(info, i), step, init))
 
@@ -365,13 +399,16 @@ def _forward_blocks(st: _Static, qb, kb, vb, q_offset, kv_lengths):
 
 # ---------------------------------------------------------------------------- backward
 def _backward_blocks(st: _Static, qb, kb, vb, ob, lse, dob, q_offset, kv_lengths):
-    """Blocked FlashAttention-2 backward; returns dq ``[nq,...]``, dk, dv ``[nk,...]`` float32.
+    """Blocked FlashAttention-2 backward; returns dq ``[nq,...]``, dk, dv ``[nk,...]`` float32, unscaled.
 
     Key blocks outside (dk, dv of block j accumulate in registers of the loop), the query blocks that
-    see block j inside (dq accumulates in place in a ``[nq, ...]`` buffer).
+    see block j inside (dq accumulates in place in a ``[nq, ...]`` buffer). Each block is computed
+    transposed, keys by queries (``[bk, R*bq]``): then dv = p^T do and dk = ds^T q are plain (N, N)
+    matmuls; only dq contracts the lhs's second-to-last axis. The scores' scale is left out of dq
+    (and of dk unless it was folded into q): the caller applies it once to the totals.
     """
     info = st.info(q_offset, kv_lengths)
-    delta = jnp.sum(dob.astype(jnp.float32) * ob, axis=-1)  # [nq, B, G, R*bq]
+    delta = jnp.sum(dob.astype(jnp.float32) * ob, axis=-1)  # [nq, B*G, R*bq]
     # The query blocks that see key block j: every range bound is nondecreasing in i, so the set of i
     # with lo_i <= j < hi_i is an interval whose ends are counts.
     ranges = jax.vmap(lambda i: jnp.stack(st.k_block_ranges(info, i)))(jnp.arange(st.nq, dtype=jnp.int32))
@@ -385,8 +422,18 @@ def _backward_blocks(st: _Static, qb, kb, vb, ob, lse, dob, q_offset, kv_lengths
 
         def step(i, carry, masked):
             dq, dk, dv = carry
-            mask = block_mask(info, *st.positions(info, i, j)) if masked else None
-            dq_i, dk_ij, dv_ij = block_grads(qb[i], k_j, v_j, dob[i], lse[i], delta[i], st.scale, mask)
+            q_i, do_i = qb[i], dob[i]
+            st_ = jnp.einsum("bkd,bqd->bkq", k_j, q_i, preferred_element_type=jnp.float32)
+            if not st.fold:
+                st_ = st_ * jnp.float32(st.scale)
+            if masked:
+                st_ = jnp.where(jnp.swapaxes(_flat_mask(info, st, i, j), -1, -2), st_, -jnp.inf)
+            pt = jnp.exp(st_ - lse[i][:, None, :])  # the block's attention pattern, recomputed, transposed
+            dv_ij = jnp.einsum("bkq,bqd->bkd", pt.astype(do_i.dtype), do_i, preferred_element_type=jnp.float32)
+            dpt = jnp.einsum("bkd,bqd->bkq", v_j, do_i, preferred_element_type=jnp.float32)
+            dst = (pt * (dpt - delta[i][:, None, :])).astype(q_i.dtype)
+            dk_ij = jnp.einsum("bkq,bqd->bkd", dst, q_i, preferred_element_type=jnp.float32)
+            dq_i = jnp.einsum("bkq,bkd->bqd", dst, k_j, preferred_element_type=jnp.float32)
             dq = jax.lax.dynamic_update_index_in_dim(dq, dq[i] + dq_i, i, axis=0)
             return dq, dk + dk_ij, dv + dv_ij
 
@@ -410,10 +457,12 @@ def _chunked(st: _Static, q, k, v, q_offset, kv_lengths):
 
 
 def _chunked_fwd(st: _Static, q, k, v, q_offset, kv_lengths):
+    if st.fold:  # s = (q * scale) k^T: one multiply of q instead of one per score block
+        q = (q.astype(jnp.float32) * jnp.float32(st.scale)).astype(q.dtype)
     qb = _q_blocks(q, st.nq, st.bq, st.groups)
     kb, vb = _kv_blocks(k, st.nk, st.bk), _kv_blocks(v, st.nk, st.bk)
     ob, lse = _forward_blocks(st, qb, kb, vb, q_offset, kv_lengths)
-    out = _q_unblock(ob, st.q_len, st.heads).astype(q.dtype)
+    out = _q_unblock(ob, st.q_len, st.heads, st.batch).astype(q.dtype)
     return out, (qb, kb, vb, ob.astype(q.dtype), lse, q_offset, kv_lengths)
 
 
@@ -421,9 +470,10 @@ def _chunked_bwd(st: _Static, res, g):
     qb, kb, vb, ob, lse, q_offset, kv_lengths = res
     dob = _q_blocks(g.astype(qb.dtype), st.nq, st.bq, st.groups)
     dq, dk, dv = _backward_blocks(st, qb, kb, vb, ob.astype(jnp.float32), lse, dob, q_offset, kv_lengths)
-    dq = _q_unblock(dq, st.q_len, st.heads).astype(qb.dtype)
-    dk = _kv_unblock(dk, st.k_len).astype(kb.dtype)
-    dv = _kv_unblock(dv, st.k_len).astype(vb.dtype)
+    scale = jnp.float32(st.scale)
+    dq = _q_unblock(dq * scale, st.q_len, st.heads, st.batch).astype(qb.dtype)
+    dk = _kv_unblock(dk if st.fold else dk * scale, st.k_len, st.batch).astype(kb.dtype)
+    dv = _kv_unblock(dv, st.k_len, st.batch).astype(vb.dtype)
     return dq, dk, dv, None, None
 
 
@@ -466,7 +516,7 @@ def chunked_attention(
     if window is not None and window <= 0:
         raise ValueError(f"sliding window {window} must be positive")
     scale = default_scale(q.shape[-1]) if scale is None else float(scale)
-    st = _make_static(q.shape, k.shape, bool(causal), window, kv_lengths is not None, scale, block_q, block_k)
+    st = _make_static(q.shape, k.shape, bool(causal), window, kv_lengths is not None, scale, block_q, block_k, q.dtype)
     q_offset = jnp.asarray(q_offset, jnp.int32).reshape(-1)
     if kv_lengths is not None:
         kv_lengths = jnp.asarray(kv_lengths, jnp.int32).reshape(-1)
@@ -512,8 +562,8 @@ def block_schedule(
 
 
 def _registered(q, k, v, *, mask=None, scale, causal, q_offset, kv_lengths, q_lengths, window, **_):
-    # ``mask`` (the dense mask built by the entry point) is ignored: the blocks compute their own,
-    # and under jit the unused dense mask is dead code.
+    # The blocks build their own masks from the mask arguments; ``needs_dense_mask = False`` below tells
+    # the entry point not to build the dense [Q, K] mask at all (mask is None here).
     del mask
     return chunked_attention(
         q,
@@ -528,6 +578,7 @@ def _registered(q, k, v, *, mask=None, scale, causal, q_offset, kv_lengths, q_le
     )
 
 
+_registered.needs_dense_mask = False
 register_implementation("chunked", _registered)
 
 __all__ = [
