@@ -207,10 +207,18 @@ def project_qkv(x: Array, query: Array, key: Array, value_down: Array, x_kv: Arr
     v ``[B,S,G,Dv]``.
     """
     x_kv = x if x_kv is None else x_kv
-    q = jnp.einsum("btd,dhe->bthe", x, query)
-    k = jnp.einsum("btd,dhe->bthe", x_kv, key)
-    v = jnp.einsum("btd,dhe->bthe", x_kv, value_down)
-    return q, k, v
+    return _per_head(x, query), _per_head(x_kv, key), _per_head(x_kv, value_down)
+
+
+def _per_head(x: Array, w: Array) -> Array:
+    """``einsum('btd,dhe->bthe', x, w)`` as one 2-D matmul ``[B*T, D] @ [D, H*E]``.
+
+    Same numbers as the einsum; XLA's CPU backend runs the backward of a 2-D matmul about twice as fast
+    as that of the 3-D einsum (its weight gradient contracts over B and T at once).
+    """
+    b, t, d = x.shape
+    _, h, e = w.shape
+    return (x.reshape(b * t, d) @ w.reshape(d, h * e)).reshape(b, t, h, e)
 
 
 def sum_heads(o: Array, value_up: Array | None = None) -> Array:
@@ -223,7 +231,9 @@ def sum_heads(o: Array, value_up: Array | None = None) -> Array:
     """
     if value_up is None:
         return jnp.sum(o, axis=2)
-    return jnp.einsum("bqhe,hed->bqd", o, value_up)
+    b, q, h, e = o.shape
+    # the contraction over (h, e) as one 2-D matmul [B*Q, H*Dh] @ [H*Dh, D] (see _per_head)
+    return (o.reshape(b * q, h * e) @ value_up.reshape(h * e, -1)).reshape(b, q, -1)
 
 
 # ---------------------------------------------------------------------------- implementations

@@ -185,3 +185,14 @@ def test_cli_sigterm_then_resume_in_a_new_process_matches_an_uninterrupted_run(t
     resumed = subprocess.run([*cmd, "--resume", str(tmp_path / "cut")], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert curve(tmp_path / "cut") == curve(tmp_path / "ref")
+
+
+def test_a_run_compiles_the_train_and_eval_steps_once_each(tmp_path):
+    # A fresh state must be committed to the device like every state the step returns, or jit compiles
+    # the step again at step 2 (the cost of a second compile in every run). Its own configs: a cold cache.
+    cfg = config(tmp_path / "run", steps=6, lr=3e-3, grad_accum=1, eval_every=3)
+    steps = build_steps(cfg.model, cfg.train, cfg.seq_len)
+    assert steps.train_step._cache_size() == 0 and steps.eval_step._cache_size() == 0
+    train(cfg, progress=False, plots=False, log=quiet)
+    assert steps.train_step._cache_size() == 1
+    assert steps.eval_step._cache_size() == 1

@@ -124,7 +124,16 @@ def init_state(
     """A fresh TrainState, initialised under jit (born with ``state_sharding`` when given)."""
     init = state_initializer(model, tx, seed, seq_len)
     jax.eval_shape(init)  # shape errors surface here, before anything is allocated
-    return jax.jit(init, out_shardings=state_sharding)()
+    return jax.jit(init, out_shardings=_committed(state_sharding))()
+
+
+def _committed(state_sharding):
+    """``state_sharding``, or the default device when None: a fresh state is then *committed* to it.
+
+    A restored state and every state the train step returns are committed; a fresh uncommitted one
+    would make jit compile the step a second time at step 2 (a committed input changes the cache key).
+    """
+    return state_sharding if state_sharding is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
 def _broadcast_prefix(prefix, tree):
@@ -293,7 +302,7 @@ def _cached_steps(model_config: ModelConfig, tc: TrainConfig, seq_len: int, stat
 def _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding) -> Steps:
     model = Transformer(model_config)
     tx, schedule = make_optimizer(tc)
-    init = jax.jit(state_initializer(model, tx, tc.seed, seq_len), out_shardings=state_sharding)
+    init = jax.jit(state_initializer(model, tx, tc.seed, seq_len), out_shardings=_committed(state_sharding))
     train_step = make_train_step(model, tx, tc, schedule, state_sharding=state_sharding, batch_sharding=batch_sharding)
     params_sharding = state_sharding
     if state_sharding is not None and not isinstance(state_sharding, jax.sharding.Sharding):
