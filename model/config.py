@@ -7,13 +7,14 @@ through JSON with the run directory and can be overridden by dotted keys from th
     cfg = cfg.replace(n_layers=2, positions="rotary")   # validated again
 
 Invalid configs raise one ``ValueError`` that names the field and the fix, before anything compiles.
+Field types come from the annotations (model/config_base.py: ConfigBase, shared with the other configs).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+
+from model.config_base import ConfigBase
 
 IMPLEMENTATIONS = ("auto", "reference", "xla", "chunked", "ring", "cudnn", "pallas")
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
@@ -24,7 +25,7 @@ REMAT = ("none", "full", "dots")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigBase):
     """A decoder-only transformer language model. Sizes use the lecture's letters (D, H, Dh, L, V)."""
 
     vocab_size: int = 65  # V: tokens in the vocabulary
@@ -35,18 +36,14 @@ class ModelConfig:
     d_head: int | None = None  # Dh: width of one head; None means d_model // n_heads
     n_kv_heads: int | None = None  # heads of keys and values (GQA/MQA); None means n_heads
     d_mlp: int | None = None  # hidden width of the MLP; None means 4 * d_model
-    value_map: str = (
-        "factored"  # 'factored': value_down D->Dh then value_up Dh->D; 'full': one D x D per head
-    )
+    value_map: str = "factored"  # 'factored': value_down D->Dh then value_up Dh->D; 'full': one D x D per head
     positions: str = "learned"  # 'learned' | 'sinusoidal' | 'rotary' | 'none'
     rope_base: float = 10000.0  # base of the rotary frequencies
     mlp: bool = True  # False gives attention-only blocks (the induction-head models)
     causal: bool = True  # the causal mask; False lets later tokens speak to earlier ones (an ablation)
     sliding_window: int | None = None  # each query sees at most this many keys (itself included)
     dropout: float = 0.0  # dropout on embeddings and on each residual branch's output
-    attention_dropout: float = (
-        0.0  # dropout on the attention pattern (forces the 'reference' path in training)
-    )
+    attention_dropout: float = 0.0  # dropout on the attention pattern (forces the 'reference' path in training)
     tie_embeddings: bool = True  # unembedding = embedding transposed (nanoGPT, GPT-2) or its own matrix
     norm: str = "layernorm"  # 'layernorm' | 'rmsnorm'
     use_bias: bool = False  # biases in projections and norms (GPT-2/3 have them; nanoGPT's runs do not)
@@ -54,9 +51,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of parameters
     scan_layers: bool = True  # one compiled block scanned L times (fast compiles) or L unrolled blocks
     remat: str = "none"  # rematerialisation of each block: 'none' | 'full' | 'dots' (save matmul outputs)
-    attention_impl: str = (
-        "auto"  # see model.attention.attention: 'auto' | 'reference' | 'xla' | 'chunked' ...
-    )
+    attention_impl: str = "auto"  # see model.attention.attention: 'auto' | 'reference' | 'xla' | 'chunked' ...
     init_std: float = 0.02  # std of the normal initialiser of matrices (GPT-2)
     embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, 3.4)
 
@@ -75,27 +70,11 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            expected = _FIELD_TYPES[f.name]
-            if value is None and type(None) in expected:
-                continue
-            if isinstance(value, bool) and bool not in expected:
-                raise ValueError(
-                    f"ModelConfig.{f.name}={value!r}: expected {_type_names(expected)}, got a bool"
-                )
-            if int in expected and float in expected and isinstance(value, int):
-                continue
-            if not isinstance(value, expected):
-                raise ValueError(
-                    f"ModelConfig.{f.name}={value!r}: expected {_type_names(expected)}, got {type(value).__name__}"
-                )
+        self.check_types()
         positive = ["vocab_size", "max_len", "n_layers", "d_model", "n_heads", "rope_base"]
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(
-                    f"ModelConfig.{name}={getattr(self, name)}: must be positive; set it to a value > 0"
-                )
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)}: must be positive; set it to a value > 0")
         for name in ["d_head", "n_kv_heads", "d_mlp", "sliding_window"]:
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -122,9 +101,7 @@ class ModelConfig:
             ("attention_impl", IMPLEMENTATIONS),
         ]:
             if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"ModelConfig.{name}={getattr(self, name)!r}: unknown; choose one of {allowed}"
-                )
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: unknown; choose one of {allowed}")
         for name in ["dropout", "attention_dropout"]:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)}: must be in [0, 1)")
@@ -134,25 +111,6 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.init_std={self.init_std}: must be positive")
 
     # ------------------------------------------------------------------ helpers
-    def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with ``changes`` applied and validated; an unknown field raises ValueError."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise ValueError(
-                f"ModelConfig has no field {unknown[0]!r}; known fields: {', '.join(f.name for f in fields(self))}"
-            )
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"ModelConfig has no field {unknown[0]!r}; remove it or check its spelling")
-        return cls(**d)
-
     def check_length(self, length: int) -> None:
         """Raise if a sequence of ``length`` tokens does not fit the positional table."""
         if length > self.max_len:
@@ -160,41 +118,6 @@ class ModelConfig:
                 f"sequence length {length} exceeds ModelConfig.max_len={self.max_len}: "
                 f"shorten the input or raise max_len"
             )
-
-
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "vocab_size": (int,),
-    "max_len": (int,),
-    "n_layers": (int,),
-    "d_model": (int,),
-    "n_heads": (int,),
-    "d_head": (int, type(None)),
-    "n_kv_heads": (int, type(None)),
-    "d_mlp": (int, type(None)),
-    "value_map": (str,),
-    "positions": (str,),
-    "rope_base": (float, int),
-    "mlp": (bool,),
-    "causal": (bool,),
-    "sliding_window": (int, type(None)),
-    "dropout": (float, int),
-    "attention_dropout": (float, int),
-    "tie_embeddings": (bool,),
-    "norm": (str,),
-    "use_bias": (bool,),
-    "dtype": (str,),
-    "param_dtype": (str,),
-    "scan_layers": (bool,),
-    "remat": (str,),
-    "attention_impl": (str,),
-    "init_std": (float, int),
-    "embed_scale": (bool,),
-}
-assert set(_FIELD_TYPES) == {f.name for f in fields(ModelConfig)}, "every field needs its type"
-
-
-def _type_names(types: tuple[type, ...]) -> str:
-    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
 
 
 # ---------------------------------------------------------------------- presets

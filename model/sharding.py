@@ -35,6 +35,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from model.config_base import ConfigBase
+
 # Outermost to innermost: the innermost axes get the closest devices (tensor parallelism communicates
 # in every layer, sequence parallelism in every attention, FSDP once per layer, data once per step).
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "sequence", "tensor")
@@ -151,8 +153,11 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules, *, what: s
 
 # ---------------------------------------------------------------------------- the mesh
 @dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Devices per mesh axis; -1 (at most one axis) means "all the devices the others leave"."""
+class MeshConfig(ConfigBase):
+    """Devices per mesh axis; -1 (at most one axis) means "all the devices the others leave".
+
+    replace/to_dict/from_dict come from ConfigBase; the checks below are its own (a size is an int >= 1 or -1).
+    """
 
     data: int = -1  # data parallelism: replicas that each see a slice of the batch
     fsdp: int = 1  # fully sharded data parallelism: parameters and optimizer state split too

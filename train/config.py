@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import json
 import re
-import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -27,6 +26,7 @@ from typing import Any
 
 from model.config import ModelConfig
 from model.config import get_preset as get_model_preset
+from model.config_base import ConfigBase, allowed_types, field_types, type_names
 from model.sharding import RULES, MeshConfig
 from train.data import DataConfig
 
@@ -63,7 +63,7 @@ def load_run_config(run_dir) -> RunConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """How the model is moved through time: optimizer, schedule, batches, evaluation, checkpoints."""
 
     batch_size: int = 12  # B: sequences per optimizer step (all microbatches together)
@@ -89,8 +89,10 @@ class TrainConfig:
     async_checkpoint: bool = True  # write checkpoints in a background thread while training goes on
     max_nonfinite: int = 5  # stop after this many steps in a row with a NaN/Inf loss or gradient (updates refused)
 
+    error = ConfigError  # ConfigBase's type and unknown-field checks raise this (not a field: no annotation)
+
     def __post_init__(self):
-        _check_types(self)
+        self.check_types()
         positive = ["batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "log_every"]
         positive += ["checkpoint_every", "keep_checkpoints", "max_nonfinite"]
         for name in positive:
@@ -183,10 +185,10 @@ class RunConfig:
             "name": self.name,
             "model": self.model.to_dict(),
             "data": self.data.to_dict(),
-            "train": dataclasses.asdict(self.train),
+            "train": self.train.to_dict(),
             "run_dir": self.run_dir,
             "goal": self.goal,
-            "mesh": dataclasses.asdict(self.mesh),
+            "mesh": self.mesh.to_dict(),
             "sharding": self.sharding,
         }
 
@@ -201,15 +203,12 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"RunConfig has no field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
         try:
-            train_d = dict(d["train"])
-            unknown = sorted(set(train_d) - {f.name for f in fields(TrainConfig)})
-            if unknown:
-                raise ConfigError(f"TrainConfig has no field {unknown[0]!r}; remove it or check its spelling")
+            train = TrainConfig.from_dict(d["train"])
             return cls(
                 name=d["name"],
                 model=ModelConfig.from_dict(d["model"]),
                 data=DataConfig.from_dict(d["data"]),
-                train=TrainConfig(**train_d),
+                train=train,
                 run_dir=d.get("run_dir"),
                 goal=d.get("goal", cls.goal),
                 mesh=_mesh_from_dict(d.get("mesh")),
@@ -226,40 +225,10 @@ def _mesh_from_dict(d: dict[str, Any] | None) -> MeshConfig:
     """A saved mesh section (run directories written before it existed used one device)."""
     if d is None:
         return MeshConfig(data=1)
-    unknown = sorted(set(d) - {f.name for f in fields(MeshConfig)})
-    if unknown:
-        raise ConfigError(f"MeshConfig has no field {unknown[0]!r}; remove it or check its spelling")
     try:
-        return MeshConfig(**d)
+        return MeshConfig.from_dict(d)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-
-def _check_types(obj) -> None:
-    """Check each field of a dataclass against its annotation (bool is not an int; an int is a float)."""
-    hints = typing.get_type_hints(type(obj))
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        allowed = _allowed_types(hints[f.name])
-        if value is None and type(None) in allowed:
-            continue
-        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-        if not ok and float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise ConfigError(
-                f"{type(obj).__name__}.{f.name}={value!r}: expected {_type_names(allowed)}, got {type(value).__name__}"
-            )
-
-
-def _allowed_types(hint) -> tuple[type, ...]:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return tuple(typing.get_args(hint))
-    return (hint,)
-
-
-def _type_names(allowed: tuple[type, ...]) -> str:
-    return " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
 
 
 def parse_goal(goal: str) -> tuple[str, str, float]:
@@ -284,6 +253,44 @@ def goal_met(goal: str | None, metrics: dict[str, float]) -> bool | None:
 
 
 # ---------------------------------------------------------------------- presets
+def _synthetic_task(name: str, vocab_size: int, data: DataConfig, *, mlp: bool = True, **train: Any) -> RunConfig:
+    """The small synthetic-task runs: a 2-layer transformer (width 64, 4 heads, context 64) with ``vocab_size``
+    tokens reads ``data``; lr 3e-3 -> 3e-4 cosine, 8 evaluation batches per split; success is val_accuracy >= 0.9.
+    ``train`` holds the rest of the TrainConfig (batch, steps, warmup, evaluation period ...)."""
+    return RunConfig(
+        name=name,
+        model=ModelConfig(vocab_size=vocab_size, max_len=64, n_layers=2, d_model=64, n_heads=4, mlp=mlp),
+        data=data,
+        train=TrainConfig(lr=3e-3, min_lr=3e-4, eval_batches=8, **train),
+        goal="val_accuracy >= 0.9",
+    )
+
+
+def _nanogpt_shakespeare_char(name: str, model: ModelConfig, goal: str, *, steps: int, **train: Any) -> RunConfig:
+    """nanoGPT's character-level Shakespeare run: config/train_shakespeare_char.py (lr 1e-3 -> 1e-4 cosine
+    over all ``steps`` (lr_decay_iters = max_iters), warmup 100, beta2 0.99, eval every 250) and train.py
+    (weight decay 0.1, clip 1.0), checkpoints every 500 steps. ``train`` holds what differs between the runs."""
+    return RunConfig(
+        name=name,
+        model=model,
+        data=DataConfig(task="text"),
+        train=TrainConfig(
+            steps=steps,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            decay_steps=steps,
+            beta2=0.99,
+            weight_decay=0.1,
+            grad_clip=1.0,
+            eval_every=250,
+            checkpoint_every=500,
+            **train,
+        ),
+        goal=goal,
+    )
+
+
 def induction() -> RunConfig:
     """The main job: a 2-layer attention-only transformer learns to continue repeated random tokens, in seconds on a CPU.
 
@@ -298,23 +305,18 @@ def induction() -> RunConfig:
 
         python -m train                      # this preset
     """
-    return RunConfig(
-        name="induction",
-        model=ModelConfig(vocab_size=17, max_len=64, n_layers=2, d_model=64, n_heads=4, mlp=False),
-        data=DataConfig(task="induction", vocab_size=16),
-        train=TrainConfig(
-            batch_size=32,
-            steps=400,
-            lr=3e-3,
-            min_lr=3e-4,
-            warmup_steps=50,
-            weight_decay=0.1,
-            eval_every=100,
-            eval_batches=8,
-            log_every=10,
-            checkpoint_every=200,
-        ),
-        goal="val_accuracy >= 0.9",
+    return _synthetic_task(
+        "induction",
+        17,
+        DataConfig(task="induction", vocab_size=16),
+        mlp=False,
+        batch_size=32,
+        steps=400,
+        warmup_steps=50,
+        weight_decay=0.1,
+        eval_every=100,
+        log_every=10,
+        checkpoint_every=200,
     )
 
 
@@ -329,27 +331,15 @@ def shakespeare_char_cpu() -> RunConfig:
 
         python -m train --config shakespeare-char-cpu
     """
-    return RunConfig(
-        name="shakespeare-char-cpu",
+    return _nanogpt_shakespeare_char(
+        "shakespeare-char-cpu",
         # unrolled blocks and the plain attention path are the fastest at this size on a CPU
-        model=get_model_preset("shakespeare-char-cpu").replace(attention_impl="reference", scan_layers=False),
-        data=DataConfig(task="text"),
-        train=TrainConfig(
-            batch_size=12,
-            steps=2000,
-            lr=1e-3,
-            min_lr=1e-4,
-            warmup_steps=100,
-            decay_steps=2000,
-            beta2=0.99,
-            weight_decay=0.1,
-            grad_clip=1.0,
-            eval_every=250,
-            eval_batches=20,
-            log_every=25,
-            checkpoint_every=500,
-        ),
-        goal="val_loss <= 1.89",
+        get_model_preset("shakespeare-char-cpu").replace(attention_impl="reference", scan_layers=False),
+        "val_loss <= 1.89",
+        steps=2000,
+        batch_size=12,
+        eval_batches=20,
+        log_every=25,
     )
 
 
@@ -362,26 +352,14 @@ def shakespeare_char() -> RunConfig:
 
         python -m train --config shakespeare-char
     """
-    return RunConfig(
-        name="shakespeare-char",
-        model=get_model_preset("shakespeare-char"),
-        data=DataConfig(task="text"),
-        train=TrainConfig(
-            batch_size=64,
-            steps=5000,
-            lr=1e-3,
-            min_lr=1e-4,
-            warmup_steps=100,
-            decay_steps=5000,
-            beta2=0.99,
-            weight_decay=0.1,
-            grad_clip=1.0,
-            eval_every=250,
-            eval_batches=200,
-            log_every=10,
-            checkpoint_every=500,
-        ),
-        goal="val_loss <= 1.5",
+    return _nanogpt_shakespeare_char(
+        "shakespeare-char",
+        get_model_preset("shakespeare-char"),
+        "val_loss <= 1.5",
+        steps=5000,
+        batch_size=64,
+        eval_batches=200,
+        log_every=10,
     )
 
 
@@ -390,14 +368,14 @@ def mqar() -> RunConfig:
 
     python -m train --config mqar
     """
-    return RunConfig(
-        name="mqar",
-        model=ModelConfig(vocab_size=64, max_len=64, n_layers=2, d_model=64, n_heads=4),
-        data=DataConfig(task="mqar", vocab_size=64, n_pairs=8),
-        train=TrainConfig(
-            batch_size=64, steps=2000, lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_every=250, eval_batches=8
-        ),
-        goal="val_accuracy >= 0.9",
+    return _synthetic_task(
+        "mqar",
+        64,
+        DataConfig(task="mqar", vocab_size=64, n_pairs=8),
+        batch_size=64,
+        steps=2000,
+        warmup_steps=100,
+        eval_every=250,
     )
 
 
@@ -406,14 +384,8 @@ def copy_task() -> RunConfig:
 
     python -m train --config copy
     """
-    return RunConfig(
-        name="copy",
-        model=ModelConfig(vocab_size=17, max_len=64, n_layers=2, d_model=64, n_heads=4),
-        data=DataConfig(task="copy", vocab_size=16),
-        train=TrainConfig(
-            batch_size=32, steps=1000, lr=3e-3, min_lr=3e-4, warmup_steps=50, eval_every=250, eval_batches=8
-        ),
-        goal="val_accuracy >= 0.9",
+    return _synthetic_task(
+        "copy", 17, DataConfig(task="copy", vocab_size=16), batch_size=32, steps=1000, warmup_steps=50, eval_every=250
     )
 
 
@@ -438,9 +410,8 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mes
 TOP_LEVEL = ("name", "run_dir", "goal", "sharding")
 
 
-def parse_value(text: str, hint, key: str) -> Any:
-    """``text`` as a value of the annotated type ``hint`` (JSON-like rules, never eval); ConfigError if it is not."""
-    allowed = _allowed_types(hint)
+def parse_value(text: str, allowed: tuple[type, ...], key: str) -> Any:
+    """``text`` as a value of one of the ``allowed`` types (JSON-like rules, never eval); ConfigError if it is not."""
     s = text.strip()
     if type(None) in allowed and s.lower() in ("none", "null"):
         return None
@@ -455,7 +426,7 @@ def parse_value(text: str, hint, key: str) -> Any:
         if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
             return s[1:-1]
         return text
-    raise ConfigError(f"override {key}={text!r}: expected {_type_names(allowed)}")
+    raise ConfigError(f"override {key}={text!r}: expected {type_names(allowed, none='none')}")
 
 
 def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
@@ -473,20 +444,20 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
                 raise ConfigError(
                     f"unknown key {key!r}: use SECTION.FIELD with SECTION in {tuple(SECTIONS)} or one of {TOP_LEVEL}"
                 )
-            top[key] = parse_value(text, typing.get_type_hints(RunConfig)[key], key)
+            top[key] = parse_value(text, allowed_types(typing.get_type_hints(RunConfig)[key]), key)
             continue
         if section not in SECTIONS:
             raise ConfigError(f"unknown key {key!r}: the section {section!r} is not one of {tuple(SECTIONS)}")
-        hints = typing.get_type_hints(SECTIONS[section])
-        if name not in hints:
-            raise ConfigError(f"unknown key {key!r}: {section} has no field {name!r}; known: {', '.join(hints)}")
-        changes[section][name] = parse_value(text, hints[name], key)
+        known = field_types(SECTIONS[section])
+        if name not in known:
+            raise ConfigError(f"unknown key {key!r}: {section} has no field {name!r}; known: {', '.join(known)}")
+        changes[section][name] = parse_value(text, known[name], key)
     try:
         new = {
             "model": cfg.model.replace(**changes["model"]),
             "data": cfg.data.replace(**changes["data"]),
-            "train": dataclasses.replace(cfg.train, **changes["train"]),
-            "mesh": dataclasses.replace(cfg.mesh, **changes["mesh"]),
+            "train": cfg.train.replace(**changes["train"]),
+            "mesh": cfg.mesh.replace(**changes["mesh"]),
         }
         return cfg.replace(**new, **top)
     except ConfigError:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import abc
 import argparse
-import dataclasses
 import hashlib
 import json
 import operator
@@ -40,11 +39,13 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from model.config_base import ConfigBase
 
 TASK_NAMES = ("text", "induction", "mqar", "copy")
 LEVELS = ("char", "byte")
@@ -72,7 +73,7 @@ ENCODE_COUNT = 0
 
 # ====================================================================== config
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(ConfigBase):
     """What the model reads: a text corpus or a synthetic task. Validated on construction."""
 
     task: str = "induction"  # 'text' | 'induction' | 'mqar' | 'copy'
@@ -84,15 +85,7 @@ class DataConfig:
     seed: int = 0  # data seed: batch(split, step) draws from SeedSequence([seed, split_id, step])
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            expected = _FIELD_TYPES[f.name]
-            if value is None and type(None) in expected:
-                continue
-            if isinstance(value, bool) or not isinstance(value, expected):  # bool is an int: reject it too
-                raise ValueError(
-                    f"DataConfig.{f.name}={value!r}: expected {_type_names(expected)}, got {type(value).__name__}"
-                )
+        self.check_types()
         if self.task not in TASK_NAMES:
             raise ValueError(f"DataConfig.task={self.task!r}: unknown task; choose one of {TASK_NAMES}")
         if self.level not in LEVELS:
@@ -112,41 +105,6 @@ class DataConfig:
             )
         if self.seed < 0:
             raise ValueError(f"DataConfig.seed={self.seed}: must be >= 0")
-
-    def replace(self, **changes: Any) -> DataConfig:
-        """A copy with ``changes`` applied and validated; an unknown field raises ValueError."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise ValueError(
-                f"DataConfig has no field {unknown[0]!r}; known fields: {', '.join(f.name for f in fields(self))}"
-            )
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"DataConfig has no field {unknown[0]!r}; remove it or check its spelling")
-        return cls(**d)
-
-
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "task": (str,),
-    "path": (str, type(None)),
-    "level": (str,),
-    "val_fraction": (float, int),
-    "vocab_size": (int,),
-    "n_pairs": (int,),
-    "seed": (int,),
-}
-assert set(_FIELD_TYPES) == {f.name for f in fields(DataConfig)}, "every field needs its type"
-
-
-def _type_names(types: tuple[type, ...]) -> str:
-    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
 
 
 # ====================================================================== shared helpers
