@@ -11,6 +11,8 @@ clipping, ``zero_grad(set_to_none=True)``. Eager mode, as nanoGPT's documented C
 
     step = make_torch_step(cfg)          # cfg: a train.config.RunConfig
     loss = step(inputs, targets)         # int64 [B, T] torch tensors -> float
+    model = make_model(cfg.model)        # the nn.Module alone
+    ids = generate(model, prompt, 500)   # nanoGPT's sampler: no cache, the cropped context every token
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ import math
 from collections.abc import Callable
 
 
-def make_torch_step(cfg, threads: int | None = None) -> Callable:
-    """One nanoGPT training step (forward, backward, clip, AdamW) on ``cfg``'s model, as a closure."""
+def make_model(m, seed: int = 0):
+    """nanoGPT's GPT (see the module docstring) for the ModelConfig ``m``; ``forward(idx, targets=None)``
+    returns the logits ``[B, T, V]``, or the mean cross-entropy when ``targets`` are given."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    m = cfg.model
-    if threads is not None:
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(seed)
     d, h, n_layers, t_max, vocab = m.d_model, m.n_heads, m.n_layers, m.max_len, m.vocab_size
 
     class Block(nn.Module):
@@ -63,15 +63,24 @@ def make_torch_step(cfg, threads: int | None = None) -> Callable:
                     std = 0.02 / math.sqrt(2 * n_layers) if name.endswith("proj.weight") else 0.02
                     nn.init.normal_(p, 0.0, std)
 
-        def forward(self, idx, targets):
+        def forward(self, idx, targets=None):
             pos = torch.arange(idx.shape[1], device=idx.device)
             x = self.wte(idx) + self.wpe(pos)
             for block in self.blocks:
                 x = block(x)
             logits = self.lm_head(self.ln_f(x))
+            if targets is None:
+                return logits
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
-    model = GPT()
+    return GPT()
+
+
+def make_torch_step(cfg) -> Callable:
+    """One nanoGPT training step (forward, backward, clip, AdamW) on ``cfg``'s model, as a closure."""
+    import torch
+
+    model = make_model(cfg.model, cfg.train.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     tc = cfg.train
@@ -92,3 +101,16 @@ def make_torch_step(cfg, threads: int | None = None) -> Callable:
         return loss.item()  # nanoGPT reads the loss every iteration (its log line)
 
     return step
+
+
+def generate(model, idx, max_new_tokens: int, temperature: float = 1.0):
+    """nanoGPT's ``GPT.generate``: each new token runs the whole (cropped) context again, no cache."""
+    import torch
+
+    t_max = model.wpe.num_embeddings
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(idx[:, -t_max:])[:, -1, :] / temperature
+            probs = torch.softmax(logits, dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
+    return idx
