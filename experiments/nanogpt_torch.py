@@ -21,9 +21,12 @@ import math
 from collections.abc import Callable
 
 
-def make_model(m, seed: int = 0):
+def make_model(m, seed: int = 0, *, gelu: str = "none", eps: float = 1e-5):
     """nanoGPT's GPT (see the module docstring) for the ModelConfig ``m``; ``forward(idx, targets=None)``
-    returns the logits ``[B, T, V]``, or the mean cross-entropy when ``targets`` are given."""
+    returns the logits ``[B, T, V]``, or the mean cross-entropy when ``targets`` are given.
+
+    ``gelu='tanh'`` and ``eps=1e-6`` give this project's GELU and LayerNorm (the tests compare logits);
+    the defaults are nanoGPT's (exact GELU, PyTorch's eps 1e-5)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -34,10 +37,10 @@ def make_model(m, seed: int = 0):
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.ln_1 = nn.LayerNorm(d, bias=False)
+            self.ln_1 = nn.LayerNorm(d, eps=eps, bias=False)
             self.c_attn = nn.Linear(d, 3 * d, bias=False)
             self.attn_proj = nn.Linear(d, d, bias=False)
-            self.ln_2 = nn.LayerNorm(d, bias=False)
+            self.ln_2 = nn.LayerNorm(d, eps=eps, bias=False)
             self.c_fc = nn.Linear(d, m.mlp_dim, bias=False)
             self.mlp_proj = nn.Linear(m.mlp_dim, d, bias=False)
 
@@ -47,7 +50,7 @@ def make_model(m, seed: int = 0):
             q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in (q, k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(b, t, d))
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate=gelu))
 
     class GPT(nn.Module):
         def __init__(self):
@@ -55,7 +58,7 @@ def make_model(m, seed: int = 0):
             self.wte = nn.Embedding(vocab, d)
             self.wpe = nn.Embedding(t_max, d)
             self.blocks = nn.ModuleList(Block() for _ in range(n_layers))
-            self.ln_f = nn.LayerNorm(d, bias=False)
+            self.ln_f = nn.LayerNorm(d, eps=eps, bias=False)
             self.lm_head = nn.Linear(d, vocab, bias=False)
             self.lm_head.weight = self.wte.weight  # tied
             for name, p in self.named_parameters():

@@ -1,0 +1,86 @@
+"""The benchmark commands run and print their tables; the nanoGPT baseline is the same model as ours.
+
+Speed itself is never asserted here (it belongs to the benchmarks' output). The PyTorch tests need the
+optional extra ``.[bench]`` and are skipped without torch. Tolerance: float32 logits of the two
+frameworks on the same weights agree to 1e-5 (only the kernels differ; measured 3.6e-7).
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import bench_sample, bench_train
+from model.config import ModelConfig
+from model.transformer import Transformer
+
+
+def test_bench_train_prints_a_row_per_preset(capsys):
+    assert bench_train.main(["--presets", "induction", "--steps", "2", "--seconds", "0.1", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| induction |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "1"  # devices
+    assert float(cells[4]) > 0 and float(cells[5].replace(",", "")) > 0  # ms/step, tokens/s
+    assert re.search(r"fp32 matmul peak \d+ GFLOP/s", out)
+
+
+def test_bench_train_rejects_a_bad_override(capsys):
+    assert bench_train.main(["--presets", "induction", "model.n_layerz=2"]) == 2
+    assert "n_layerz" in capsys.readouterr().err
+
+
+def test_bench_sample_prints_the_speed_table_and_the_cache_check(capsys):
+    argv = ["--preset", "induction", "--tokens", "12", "--rounds", "1", "--no-torch"]
+    assert bench_sample.main(argv) == 0
+    out = capsys.readouterr().out
+    diff = float(re.search(r"max abs difference ([0-9.e+-]+)", out).group(1))
+    assert diff <= 1e-5
+    assert "| this project (KV cache, one jit) |" in out
+
+
+# ---------------------------------------------------------------------------- the PyTorch baseline
+def _copy_weights(tmodel, params, cfg: ModelConfig):
+    """Our Flax parameters into nanoGPT's module (q/k/v fused into c_attn, [in, out] -> [out, in])."""
+    import torch
+
+    d = cfg.d_model
+
+    def t(x):
+        return torch.from_numpy(np.array(x, dtype=np.float32))
+
+    with torch.no_grad():
+        tmodel.wte.weight.copy_(t(params["embed"]["embedding"]))
+        tmodel.wpe.weight.copy_(t(params["pos_embed"]))
+        tmodel.ln_f.weight.copy_(t(params["norm_final"]["scale"]))
+        for i, block in enumerate(tmodel.blocks):
+            p = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+            a = p["attention"]
+            qkv = np.concatenate([a[n].reshape(d, d) for n in ("query", "key", "value_down")], axis=1)
+            block.c_attn.weight.copy_(t(qkv.T))
+            block.attn_proj.weight.copy_(t(a["value_up"].reshape(d, d).T))
+            block.ln_1.weight.copy_(t(p["norm_attention"]["scale"]))
+            block.ln_2.weight.copy_(t(p["norm_mlp"]["scale"]))
+            block.c_fc.weight.copy_(t(p["mlp"]["fc_in"].T))
+            block.mlp_proj.weight.copy_(t(p["mlp"]["fc_out"].T))
+
+
+def test_nanogpt_baseline_computes_the_same_logits_as_our_model_on_the_same_weights():
+    torch = pytest.importorskip("torch")
+    from experiments.nanogpt_torch import make_model
+
+    cfg = ModelConfig(vocab_size=11, max_len=16, n_layers=2, d_model=32, n_heads=4, scan_layers=True)
+    model = Transformer(cfg)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 11, (3, 16)), jnp.int32)
+    params = model.init(jax.random.key(1), tokens)["params"]
+    params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape), params)
+    tmodel = make_model(cfg, gelu="tanh", eps=1e-6).eval()  # our GELU and LayerNorm eps
+    _copy_weights(tmodel, params, cfg)
+    ours = np.asarray(model.apply({"params": params}, tokens))
+    with torch.no_grad():
+        theirs = tmodel(torch.from_numpy(np.array(tokens)).long()).numpy()
+    assert np.max(np.abs(ours - theirs)) <= 1e-5
