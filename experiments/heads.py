@@ -1,22 +1,23 @@
 """Number of heads at fixed width (Vaswani et al. 2017, Table 3 rows A) on tiny Shakespeare, characters.
 
-    python -m experiments.heads                         # h in {1,2,4,8,16,32} x 2 seeds, --steps each (long)
-    python -m experiments.heads --steps 2000            # nanoGPT's full CPU schedule (four times as long)
-    python -m experiments.heads --workers 2             # two runs at once
-    python -m experiments.heads --print-commands        # the 12 `python -m train` commands, for a cluster
-    python -m experiments.heads --smoke                 # seconds: tiny model, checks the pipeline only
+    python -m experiments.heads --workers 2             # h in {1,2,4,8,16,32} x 2 seeds at d_model 128 and 64 (long)
+    python -m experiments.heads --widths 128            # one width only
+    python -m experiments.heads --steps 2000            # the same steps at every width (nanoGPT's full CPU schedule)
+    python -m experiments.heads --print-commands        # the 24 `python -m train` commands, for a cluster
+    python -m experiments.heads --smoke                 # seconds: tiny models, checks the pipeline only
 
-nanoGPT's CPU baby GPT (``--config shakespeare-char-cpu``: 4 layers, d_model 128, context 64) with
-h heads of width d_head = 128 / h, so the attention's parameter count stays the same while each
-head gets narrower: h = 32 leaves 4 dimensions per head for its query-key dot product. The paper
-(WMT14 En-De, d_model 512) found one head 0.9 BLEU worse than the best and too many heads worse
-again; its dev perplexity and BLEU are printed beside our validation loss (different task and
-units: the paper's PPL is per word piece on translation, ours is per character, so compare the
-shape of the curves, not the values).
+nanoGPT's CPU baby GPT (``--config shakespeare-char-cpu``: 4 layers, context 64) with h heads of
+width d_head = d_model / h, so the attention's parameter count stays the same while each head gets
+narrower. Two widths, each its own sweep and its own claims: the preset's d_model 128 (only h = 32
+leaves d_head <= 4) and d_model 64 (h = 16 and 32 give d_head 4 and 2). The paper (WMT14 En-De,
+d_model 512) found one head 0.9 BLEU worse than the best and too many heads worse again; its dev
+perplexity and BLEU are printed beside our validation loss (different task and units: the paper's
+PPL is per word piece on translation, ours is per character, so compare the shape of the curves,
+not the values).
 
-Claims: every h with d_head <= 4 is worse than both h = 1 and h = 4 by >= 0.05 nats of validation
-loss (acceptance); one head worse than the best multi-head setting, as in the paper (reported,
-whichever way it falls).
+Claims, per width: every h with d_head <= 4 is worse than both h = 1 and h = 4 by >= 0.05 nats of
+validation loss (acceptance); one head worse than the best multi-head setting, as in the paper
+(reported, whichever way it falls).
 """
 
 from __future__ import annotations
@@ -28,31 +29,47 @@ from typing import Any
 from experiments.common import (
     Claim,
     Report,
+    add_steps_and_seeds,
     command_line,
     default_out,
-    eval_records,
     experiment_parser,
-    mean,
+    failed_note,
     print_summary,
     pyplot,
+    runs_note,
+    seed_losses,
     shakespeare_overrides,
-    spread,
+    val_curve,
 )
 from experiments.sweep import Sweep, run_for_experiment
 
 NAME = "heads"
-STEPS = 500  # nanoGPT's CPU run uses 2000; a quarter keeps 12 runs near the budget of this shared 2-core machine
 HEADS = (1, 2, 4, 8, 16, 32)
 SEEDS = (0, 1)
+WIDTHS = (128, 64)  # the nanoGPT preset's width, and the width at which two settings (h = 16, 32) have d_head <= 4
+# Steps per run at each width, chosen so that 6 h x 2 seeds fit about 15 CPU minutes on this 2-core machine
+# (measured: ~60 ms/step at d_model 128 for h <= 8, ~95 ms at h = 32; d_model 64 steps are cheaper).
+STEPS = {128: 1000, 64: 1500}
+# --smoke: width 32 with h = 4, 8 (d_head 8, 4; h=4 is the other smokes' model, compiled once) and width 16 with
+# h = 8 (d_head 2): three tiny runs that go through every path of the two-width report.
+SMOKE_HEADS = {32: (4, 8), 16: (8,)}
 # Vaswani et al. 2017, Table 3 rows (A): heads -> (dev perplexity, dev BLEU), newstest2013, base model d_model 512.
 PAPER = {1: (5.29, 24.9), 4: (5.00, 25.5), 8: (4.92, 25.8), 16: (4.91, 25.8), 32: (5.01, 25.4)}
 
 
-def make_sweep(smoke: bool, out: Path, steps: int = STEPS, heads=HEADS, seeds=SEEDS) -> Sweep:
-    fixed = shakespeare_overrides(steps, smoke, out)
-    if smoke:  # width 32: heads 4 and 8 give d_head 8 and 4 (h=4 is the other smoke runs' config: compiled once)
-        heads, seeds = (4, 8), (0,)
-    return Sweep.make(NAME, "shakespeare-char-cpu", fixed, {"model.n_heads": list(heads), "train.seed": list(seeds)})
+def steps_for(width: int, steps: int | None) -> int:
+    return steps if steps is not None else STEPS.get(width, max(STEPS.values()))
+
+
+def make_sweep(smoke: bool, out: Path, steps: int, width: int, heads=HEADS, seeds=SEEDS) -> Sweep:
+    """The sweep at one width: its runs live in ``out`` (one directory per width)."""
+    base = [x for x in shakespeare_overrides(steps, smoke, out) if not x.startswith("model.d_model=")]
+    fixed = [*base, f"model.d_model={width}"]
+    if smoke:
+        heads, seeds = SMOKE_HEADS[width], (0,)
+    heads = [h for h in heads if width % h == 0]
+    axes = {"model.n_heads": list(heads), "train.seed": list(seeds)}
+    return Sweep.make(f"{NAME}-d{width}", "shakespeare-char-cpu", fixed, axes)
 
 
 def d_model_of(sweep: Sweep) -> int:
@@ -63,39 +80,35 @@ def d_model_of(sweep: Sweep) -> int:
 
 
 def summarise(rows: list[dict[str, Any]], d_model: int) -> dict[int, dict[str, Any]]:
-    by: dict[int, dict[str, Any]] = {}
-    for r in rows:
-        if r["status"] != "ok":
-            continue
-        h = int(r["model.n_heads"])
-        e = by.setdefault(h, {"h": h, "d_head": d_model // h, "losses": {}})
-        e["losses"][int(r["train.seed"])] = r["val_loss"]
-    for e in by.values():
-        e["mean"], e["pm"] = mean(e["losses"].values()), spread(e["losses"].values())
+    by = {
+        int(h): {"h": int(h), "d_head": d_model // int(h), **e} for h, e in seed_losses(rows, "model.n_heads").items()
+    }
     return dict(sorted(by.items()))
 
 
-def claims(summary: dict[int, dict[str, Any]]) -> list[Claim]:
+def claims(summary: dict[int, dict[str, Any]], label: str = "") -> list[Claim]:
+    """The claims at one width; ``label`` (e.g. 'd_model 64: ') starts each claim's name."""
     out = []
     narrow = [e for e in summary.values() if e["d_head"] <= 4]
     refs = [summary[h] for h in (1, 4) if h in summary]
+    name = f"{label}heads with d_head <= 4 are worse than h in {{1, 4}} by >= 0.05 nats of val loss"
     if narrow and refs:
-        gaps = [(n, r, n["mean"] - r["mean"]) for n in narrow for r in refs]
+        gaps = [(n, r, n["mean"] - r["mean"]) for n in narrow for r in refs if n["h"] != r["h"]]
         out.append(
             Claim(
-                "heads with d_head <= 4 are worse than h in {1, 4} by >= 0.05 nats of val loss",
+                name,
                 all(g >= 0.05 for _, _, g in gaps),
                 "; ".join(f"h={n['h']} (d_head {n['d_head']}) - h={r['h']}: {g:+.3f}" for n, r, g in gaps),
             )
         )
     else:
-        out.append(Claim("heads with d_head <= 4 are worse than h in {1, 4} by >= 0.05 nats", False, "missing runs"))
+        out.append(Claim(name, False, "missing runs"))
     if 1 in summary and len(summary) > 1:
         best = min((e for h, e in summary.items() if h > 1), key=lambda e: e["mean"])
         gap = summary[1]["mean"] - best["mean"]
         out.append(
             Claim(
-                "one head is worse than the best multi-head setting (the paper: 24.9 vs 25.8 BLEU)",
+                f"{label}one head is worse than the best multi-head setting (the paper: 24.9 vs 25.8 BLEU)",
                 gap > 0,
                 f"h=1 {summary[1]['mean']:.3f} vs best h={best['h']} {best['mean']:.3f}: h=1 is {gap:+.3f} nats "
                 f"(seed spread +-{max(summary[1]['pm'], best['pm']):.3f})",
@@ -105,105 +118,169 @@ def claims(summary: dict[int, dict[str, Any]]) -> list[Claim]:
     return out
 
 
-def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps: int):
+def paper_cells(h: int) -> list[str | None]:
+    return [f"{PAPER[h][0]:.2f}", f"{PAPER[h][1]:.1f}"] if h in PAPER else [None, None]
+
+
+def write_report(out: Path, results: dict[int, dict[str, Any]], command: str, smoke: bool):
+    """One report for every width: ``results`` maps d_model -> {"sweep", "rows", "steps"}."""
     plt = pyplot()
-    d_model = d_model_of(sweep)
-    summary = summarise(rows, d_model)
+    widths = list(results)
+    summaries = {w: summarise(r["rows"], d_model_of(r["sweep"])) for w, r in results.items()}
     rep = Report("Heads at fixed width (Vaswani et al. 2017, Table 3 rows A), tiny Shakespeare", command)
-    for c in claims(summary):
-        rep.claim(c)
+    for w in widths:
+        for c in claims(summaries[w], f"d_model {w}: "):
+            rep.claim(c)
     rep.text(
-        f"Runs: `python -m train --config shakespeare-char-cpu {' '.join(sweep.fixed)} model.n_heads=H train.seed=S` "
-        f"(d_model {d_model}, so d_head = {d_model}/H). "
-        + (
-            "**Smoke run: tiny model, a few steps; the numbers mean nothing.**"
-            if smoke
-            else f"{steps} steps per run (nanoGPT's CPU run: 2000), cosine schedule compressed to them. Seeds set "
-            "the initialisation (train.seed); every run sees the same batches (data.seed 0), so +- is the spread "
-            "over initialisations only."
+        "Each width is its own sweep and its claims are evaluated separately: "
+        + "; ".join(
+            f"**d_model {w}**{' (the nanoGPT preset)' if w == 128 else ''}: {results[w]['steps']} steps per run"
+            for w in widths
         )
+        + "."
     )
-    seeds = sorted({int(r["train.seed"]) for r in rows})
-    table = []
-    for h, e in summary.items():
-        paper = [f"{PAPER[h][0]:.2f}", f"{PAPER[h][1]:.1f}"] if h in PAPER else [None, None]
-        table.append(
-            [h, e["d_head"], *[e["losses"].get(s) for s in seeds], e["mean"], e["pm"], math.exp(e["mean"]), *paper]
+
+    # side by side: every h with its head width and mean loss at each width, and the paper's numbers
+    all_h = sorted({h for s in summaries.values() for h in s})
+    headers = ["h"]
+    for w in widths:
+        headers += [f"d_head (d_model {w})", f"val loss (d_model {w})", "+-"]
+    rows = []
+    for h in all_h:
+        row: list[Any] = [h]
+        for w in widths:
+            e = summaries[w].get(h)
+            row += [w // h, e["mean"] if e else None, e["pm"] if e else None]
+        rows.append(row + paper_cells(h))
+    rep.heading("Side by side")
+    rep.table([*headers, "paper dev PPL", "paper BLEU"], rows)
+
+    for w in widths:
+        r, summary = results[w], summaries[w]
+        rep.heading(f"d_model {w}{' (the nanoGPT preset)' if w == 128 else ''}")
+        rep.text(runs_note(r["sweep"], "model.n_heads=H train.seed=S", smoke, r["steps"], f" (d_head = {w}/H)"))
+        seeds = sorted({int(x["train.seed"]) for x in r["rows"]})
+        table = [
+            [
+                h,
+                e["d_head"],
+                *[e["losses"].get(s) for s in seeds],
+                e["mean"],
+                e["pm"],
+                math.exp(e["mean"]),
+                *paper_cells(h),
+            ]
+            for h, e in summary.items()
+        ]
+        rep.table(
+            [
+                "h",
+                "d_head",
+                *[f"val loss seed {s}" for s in seeds],
+                "mean",
+                "+-",
+                "char PPL",
+                "paper dev PPL",
+                "paper BLEU",
+            ],
+            table,
         )
-    rep.table(
-        [
-            "h",
-            "d_head",
-            *[f"val loss seed {s}" for s in seeds],
-            "mean",
-            "+-",
-            "char PPL",
-            "paper dev PPL",
-            "paper BLEU",
-        ],
-        table,
-    )
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        rep.text("Failed points: " + "; ".join(f"{r['id']}: {r.get('error')}" for r in failed))
+        walls = [x["wall_s"] for x in r["rows"] if x["status"] == "ok" and x.get("wall_s")]
+        ms = [x["ms_per_step"] for x in r["rows"] if x["status"] == "ok" and x.get("ms_per_step")]
+        if walls and not smoke:
+            rep.text(
+                f"Budget: {len(walls)} runs, {sum(walls) / 60:.1f} minutes of wall time summed over the runs "
+                f"(median step {sorted(ms)[len(ms) // 2]:.0f} ms, from {min(ms):.0f} to {max(ms):.0f} ms). The steps "
+                "were chosen for about 15 CPU minutes per width at the pilots' step times; the runs went two at a "
+                "time on this shared 2-core machine beside other jobs, so their wall time is longer than that."
+            )
+        if note := failed_note(r["rows"]):
+            rep.text(note)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    hs = list(summary)
-    for s in seeds:
-        axes[0].plot(hs, [summary[h]["losses"].get(s) for h in hs], "o", alpha=0.5, label=f"seed {s}")
-    axes[0].plot(hs, [summary[h]["mean"] for h in hs], "k-", label="mean")
+    for i, w in enumerate(widths):
+        summary = summaries[w]
+        hs = list(summary)
+        seeds = sorted({s for e in summary.values() for s in e["losses"]})
+        for s in seeds:
+            axes[0].plot(hs, [summary[h]["losses"].get(s) for h in hs], "o", color=f"C{i}", alpha=0.4)
+        axes[0].plot(hs, [summary[h]["mean"] for h in hs], "-", color=f"C{i}", label=f"d_model {w} (mean; dots: seeds)")
+        for h in hs:
+            if summary[h]["d_head"] <= 4:
+                axes[0].annotate(f"d_head {summary[h]['d_head']}", (h, summary[h]["mean"]), fontsize=7, color=f"C{i}")
     axes[0].set_xscale("log", base=2)
-    axes[0].set_xticks(hs, [f"{h}\n(d_head {summary[h]['d_head']})" for h in hs], fontsize=7)
+    axes[0].set_xticks(all_h, [str(h) for h in all_h])
     axes[0].set(xlabel="heads h", ylabel="val loss (nats/char)", title="ours: tiny Shakespeare, characters")
+    axes[0].legend(fontsize=7)
     ph = sorted(PAPER)
     axes[1].plot(ph, [PAPER[h][0] for h in ph], "o-", color="C3")
     axes[1].set_xscale("log", base=2)
     axes[1].set_xticks(ph, [str(h) for h in ph])
-    axes[1].set(xlabel="heads h", ylabel="dev perplexity", title="paper: WMT14 En-De (Table 3, rows A)")
+    axes[1].set(xlabel="heads h", ylabel="dev perplexity", title="paper: WMT14 En-De, d_model 512 (Table 3, rows A)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path = out / "heads.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     rep.figure(
-        path, "final validation loss against the number of heads (left), the paper's dev perplexity (right)", out
+        path,
+        "final validation loss against the number of heads at each width (left), the paper's dev perplexity (right)",
+        out,
     )
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in rows:
-        if r["status"] == "ok" and r["train.seed"] == str(seeds[0]):
-            recs = eval_records(r["run_dir"])
-            ax.plot(
-                [x["step"] for x in recs], [x["val_loss"] for x in recs], marker=".", label=f"h={r['model.n_heads']}"
-            )
-    ax.set(xlabel="step", ylabel="val loss", title=f"validation loss during training (seed {seeds[0]})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(widths), figsize=(5.5 * len(widths), 4), squeeze=False)
+    for ax, w in zip(axes[0], widths, strict=True):
+        rows_w = [x for x in results[w]["rows"] if x["status"] == "ok"]
+        seed0 = min((int(x["train.seed"]) for x in rows_w), default=0)
+        for x in rows_w:
+            if int(x["train.seed"]) == seed0:
+                ax.plot(*val_curve(x["run_dir"]), marker=".", label=f"h={x['model.n_heads']}")
+        ax.set(xlabel="step", ylabel="val loss", title=f"d_model {w}: validation loss (seed {seed0})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "curves_heads.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    rep.figure(path, "validation loss during training", out)
-    rep.data = {"summary": {str(h): e for h, e in summary.items()}, "rows": rows}
+    rep.figure(path, "validation loss during training, one panel per width", out)
+    rep.data = {
+        "widths": {
+            str(w): {
+                "steps": results[w]["steps"],
+                "summary": {str(h): e for h, e in summaries[w].items()},
+                "rows": results[w]["rows"],
+            }
+            for w in widths
+        }
+    }
     return rep.write(out), rep
 
 
 def main(argv: list[str] | None = None):
     p = experiment_parser(NAME, __doc__)
-    p.add_argument("--steps", type=int, default=STEPS, help=f"training steps per run (default {STEPS})")
+    add_steps_and_seeds(p, None, SEEDS)
     p.add_argument("--heads", type=int, nargs="+", default=list(HEADS))
-    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument(
+        "--widths", type=int, nargs="+", default=list(WIDTHS), help=f"d_model of each sweep (default {WIDTHS})"
+    )
     args = p.parse_args(argv)
     out = default_out(NAME, args)
-    sweep = make_sweep(args.smoke, out, args.steps, args.heads, args.seeds)
-    rows = run_for_experiment(sweep, out, args)
-    if rows is None:
+    widths = list(SMOKE_HEADS) if args.smoke else args.widths
+    results: dict[int, dict[str, Any]] = {}
+    for w in widths:
+        steps = steps_for(w, args.steps)
+        sweep = make_sweep(args.smoke, out / f"d{w}", steps, w, args.heads, args.seeds)
+        rows = run_for_experiment(sweep, out / f"d{w}", args)
+        if rows is None:
+            continue
+        steps = int(next(x for x in sweep.fixed if x.startswith("train.steps=")).split("=")[1])  # smoke: its own
+        results[w] = {"sweep": sweep, "rows": rows, "steps": steps}
+    if not results:
         return None
-    path, rep = write_report(out, sweep, rows, command_line(NAME, argv), args.smoke, args.steps)
+    path, rep = write_report(out, results, command_line(NAME, argv), args.smoke)
     print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows}
+    return {"report": path, "claims": rep.claims, "rows": [x for r in results.values() for x in r["rows"]]}
 
 
 if __name__ == "__main__":
