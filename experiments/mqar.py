@@ -57,7 +57,7 @@ def make_sweep(smoke: bool, seeds=(0,)) -> Sweep:
             "train.batch_size=8",
             "train.steps=4",
             "train.warmup_steps=1",
-            "train.eval_every=2",
+            "train.eval_every=4",
             "train.eval_batches=1",
             "train.checkpoint_every=4",
         ]

@@ -119,10 +119,15 @@ def test_induction_smoke(tmp_path):
 
 
 # ---------------------------------------------------------------------------- sweeps of tiny Shakespeare runs
+def smoke_run(tmp_path_factory, module):
+    """``python -m experiments.NAME --smoke`` once per test module (in this process): (out dir, main's result)."""
+    out = tmp_path_factory.mktemp(module.NAME)
+    return out, module.main(["--smoke", "--out", str(out), *INPROCESS])
+
+
 @pytest.fixture(scope="module")
 def masking_smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("masking")
-    return out, masking.main(["--smoke", "--out", str(out), *INPROCESS])
+    return smoke_run(tmp_path_factory, masking)
 
 
 def test_masking_smoke(masking_smoke):
@@ -177,20 +182,56 @@ def test_value_map_smoke(tmp_path):
     assert "| value |" in text and "| value_down |" in text
 
 
-def test_heads_smoke(tmp_path):
-    out = tmp_path / "heads"
-    heads.main(["--smoke", "--out", str(out), *INPROCESS])
-    text = check_report(out, 1, ["heads.png", "curves_heads.png"], "--smoke")  # no h=1 run: one claim
-    assert "| 4 | 8 |" in text and "| 8 | 4 |" in text  # h and d_head = 32 / h
+@pytest.fixture(scope="module")
+def heads_smoke(tmp_path_factory):
+    return smoke_run(tmp_path_factory, heads)
+
+
+def test_heads_smoke(heads_smoke):
+    out, r = heads_smoke
+    text = check_report(out, 2, ["heads.png", "curves_heads.png"], "--smoke")  # no h=1 run: one claim per width
+    assert "## Side by side" in text and "## d_model 32" in text and "## d_model 16" in text
+    assert "- **FAIL** d_model 32: heads with d_head <= 4" in text or "- **PASS** d_model 32: heads" in text
+    assert "d_model 16: heads with d_head <= 4" in text  # each width's claim, named
+    assert "| 4 | 8 |" in text and "| 8 | 4 |" in text and "| 8 | 2 |" in text  # h and d_head = d_model / h
     assert "| 5.00 | 25.5 |" in text  # the paper's h=4 dev perplexity and BLEU beside ours
+    # side by side: h=4 trained at width 32 (d_head 8), not at width 16 (its d_head 4, no loss), then the paper
+    assert re.search(r"^\| 4 \| 8 \| [\d.]+ \| [\d.]+ \| 4 \| – \| – \| 5\.00 \| 25\.5 \|$", text, flags=re.M), text
+    assert {x["status"] for x in r["rows"]} == {"ok"} and len(r["rows"]) == 3
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved["widths"]) == {"32", "16"}
 
 
-def test_positions_smoke(tmp_path):
-    out = tmp_path / "positions"
-    r = positions.main(["--smoke", "--out", str(out), *INPROCESS])
-    check_report(out, 2, ["positions.png"], "--smoke")
+@pytest.fixture(scope="module")
+def positions_smoke(tmp_path_factory):
+    return smoke_run(tmp_path_factory, positions)
+
+
+def test_positions_smoke(positions_smoke):
+    out, r = positions_smoke
+    text = check_report(out, 2, ["positions.png"], "--smoke")
     assert [x["model.positions"] for x in r["rows"]] == list(positions.KINDS)
     assert all(x["status"] == "ok" for x in r["rows"])
+    assert "model.embed_scale=true" in text  # the paper's setting in every arm: only the positions vary
+    assert "How strong is each position signal" in text and "| sinusoidal | true |" in text
+
+
+def test_positions_signal_scales_read_the_trained_tables(positions_smoke):
+    """The RMS table recomputed by hand from the saved parameters: the token signal includes sqrt(d_model)."""
+    from train.sample import load_run
+
+    _, r = positions_smoke
+    scales = positions.signal_scales(r["rows"])
+    assert list(scales) == list(positions.KINDS)
+    learned = next(x for x in r["rows"] if x["model.positions"] == "learned")
+    cfg, _, params, _ = load_run(learned["run_dir"])
+    table = np.asarray(params["embed"]["embedding"], np.float64)
+    e = scales["learned"]
+    assert e["table"] == pytest.approx(np.sqrt(np.mean(table**2)))
+    assert e["token"] == pytest.approx(e["table"] * np.sqrt(cfg.model.d_model))
+    assert e["position"] == pytest.approx(np.sqrt(np.mean(np.asarray(params["pos_embed"], np.float64) ** 2)))
+    assert scales["sinusoidal"]["position"] == pytest.approx(np.sqrt(0.5), rel=1e-3)  # sin^2 + cos^2 = 1 per pair
+    assert scales["rotary"]["position"] == scales["none"]["position"] == 0.0
 
 
 def test_mqar_smoke(tmp_path):
@@ -202,8 +243,12 @@ def test_mqar_smoke(tmp_path):
 def test_experiment_print_commands(tmp_path, capsys):
     assert heads.main(["--out", str(tmp_path), "--print-commands"]) is None
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(heads.HEADS) * len(heads.SEEDS)
+    assert len(lines) == len(heads.HEADS) * len(heads.SEEDS) * len(heads.WIDTHS)
     assert all(x.startswith("python -m train --no-progress --config shakespeare-char-cpu") for x in lines)
+    for w in heads.WIDTHS:  # each width its own sweep, with its own steps
+        mine = [x for x in lines if f"model.d_model={w} " in x]
+        assert len(mine) == len(heads.HEADS) * len(heads.SEEDS)
+        assert all(f"train.steps={heads.STEPS[w]} " in x and f"/d{w}/runs/" in x for x in mine)
     assert "model.n_heads=32 train.seed=1" in lines[-1]
 
 
@@ -229,6 +274,12 @@ def test_heads_claims_follow_the_numbers():
     assert c[0].passed and "h=32 (d_head 4) - h=1: +0.100" in c[0].detail
     c = heads.claims(summary({1: 1.50, 4: 1.55, 32: 1.70}))
     assert c[0].passed and not c[1].passed and not c[1].acceptance  # one head best here: reported as FAIL
+    # every narrow head must clear both references: at width 64, h=16 (d_head 4) and h=32 (d_head 2)
+    s64 = {h: {"h": h, "d_head": 64 // h, "mean": v, "pm": 0.0} for h, v in {1: 1.6, 4: 1.6, 16: 1.66, 32: 1.9}.items()}
+    c = heads.claims(s64, "d_model 64: ")
+    assert c[0].passed and c[0].name.startswith("d_model 64: ") and "h=16 (d_head 4) - h=1: +0.060" in c[0].detail
+    s64[16]["mean"] = 1.64
+    assert not heads.claims(s64)[0].passed  # 0.04 < 0.05
 
 
 def test_positions_claims_follow_the_numbers():
