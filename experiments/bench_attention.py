@@ -203,7 +203,9 @@ def bench_attention(ts, b, h, d, repeats, impls, max_bytes) -> list[dict]:
             for mode in ("fwd", "fwd_bwd"):
                 mem[("torch_sdpa", mode)] = torch_extra_bytes(b, t, h, d, mode)
         for mode in ("fwd", "fwd_bwd"):
+            load_before = os.getloadavg()[0]
             times = time_interleaved(calls[mode], repeats)
+            load = (load_before, os.getloadavg()[0])  # 1-minute load average before and after the timing
             for impl in list(impls) + (["torch_sdpa"] if torch is not None else []):
                 rows.append(
                     dict(
@@ -217,6 +219,7 @@ def bench_attention(ts, b, h, d, repeats, impls, max_bytes) -> list[dict]:
                         seconds=times.get(impl),
                         extra_bytes=mem.get((impl, mode)),
                         note=skipped.get((impl, mode), ""),
+                        load=load,
                     )
                 )
                 print(_row_text(rows[-1]), flush=True)
@@ -336,9 +339,10 @@ def _fmt_b(x):
 
 def _row_text(r):
     name = r["impl"] + (f" (->{r['resolves_to']})" if r["impl"] == "auto" else "")
+    load = f" load {r['load'][0]:.1f}-{r['load'][1]:.1f}" if r.get("load") else ""
     return (
         f"T={r['T']:>6} {r['mode']:>7} {name:<22} time {_fmt_s(r['seconds']):>9}  extra {_fmt_b(r['extra_bytes']):>9}"
-        f" {r['note']}"
+        f"{load} {r['note']}"
     )
 
 
@@ -396,7 +400,9 @@ def write_report(out: Path, results: dict, args) -> None:
                     cells.append(cell)
                 lines.append(f"| {t} | " + " | ".join(cells) + " |")
             lines.append("")
-        lines += ["time / extra memory per cell.", "", "### Ratios (same run)", ""]
+        loads = [x for r in att if r.get("load") for x in r["load"]]
+        load_note = f" 1-minute load average during the timings: {min(loads):.1f}-{max(loads):.1f}." if loads else ""
+        lines += [f"time / extra memory per cell.{load_note}", "", "### Ratios (same run)", ""]
         lines += [f"- {x}" for x in _ratios(att)] + [""]
     if results.get("long"):
         r = results["long"]
