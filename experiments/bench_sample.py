@@ -61,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     if params is None:
         params = model.init(jax.random.key(0), prompt)["params"]
 
-    generate = make_generate(model, prompt_len, args.tokens, SamplingConfig(temperature=1.0), return_logits=True)
+    sc = SamplingConfig(temperature=1.0)
+    generate = make_generate(model, prompt_len, args.tokens, sc)  # what train.sample runs: tokens only
     t0 = time.perf_counter()
-    tokens, logits = jax.block_until_ready(generate(params, prompt, jax.random.key(0)))
+    jax.block_until_ready(generate(params, prompt, jax.random.key(0)))
     compile_s = time.perf_counter() - t0
+    with_logits = make_generate(model, prompt_len, args.tokens, sc, return_logits=True)
+    tokens, logits = with_logits(params, prompt, jax.random.key(0))
 
     # correctness: the logits of each drawn token against a full forward pass over the same context
     # (only while the context fits the window, where both see exactly the same tokens)

@@ -59,7 +59,9 @@ def configure_xla(cfg) -> None:
 
     jax sees one CPU device unless told otherwise, so ``mesh.data=2`` would find too few devices.
     Splitting the batch over per-core devices keeps both cores busy with independent halves of the
-    step (about 1.4x the tokens/s of one multithreaded device for shakespeare-char-cpu on 2 cores).
+    step. For shakespeare-char-cpu on 2 cores it is now no faster than one multithreaded device
+    (44-47 vs 40-46 ms/step in alternating runs of experiments.bench_train); it was about 1.4x before
+    the model's matmuls were made 2-D.
     Must run before jax creates its backend; XLA_FLAGS already naming these settings are left alone.
     """
     import dataclasses
