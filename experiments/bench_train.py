@@ -63,30 +63,14 @@ def model_flops_per_step(cfg, params_shapes) -> tuple[int, float]:
 def torch_baseline(cfg):
     """nanoGPT's eager step on ``cfg`` (a closure over int64 torch batches), or None without torch / for
     configs nanoGPT's model does not express (synthetic tasks, other positions, norms, biases...)."""
-    m = cfg.model
-    plain = (
-        cfg.data.task == "text"
-        and m.positions == "learned"
-        and m.norm == "layernorm"
-        and m.value_map == "factored"
-        and m.mlp
-        and m.causal
-        and m.tie_embeddings
-        and not m.use_bias
-        and m.kv_heads == m.n_heads
-        and m.head_dim * m.n_heads == m.d_model
-        and m.dropout == 0.0
-        and m.dtype == "float32"
-        and cfg.train.grad_accum == 1
-    )
-    if not plain:
+    from experiments.nanogpt_torch import make_torch_step, torch_unsupported
+
+    if torch_unsupported(cfg):
         return None
     try:
         import torch  # noqa: F401
     except ImportError:
         return None
-    from experiments.nanogpt_torch import make_torch_step
-
     return make_torch_step(cfg)
 
 
