@@ -84,3 +84,29 @@ def test_nanogpt_baseline_computes_the_same_logits_as_our_model_on_the_same_weig
     with torch.no_grad():
         theirs = tmodel(torch.from_numpy(np.array(tokens)).long()).numpy()
     assert np.max(np.abs(ours - theirs)) <= 1e-5
+
+
+def test_torch_unsupported_names_what_nanogpts_model_lacks():
+    from experiments.nanogpt_torch import torch_unsupported
+    from train.config import apply_overrides, get_preset
+
+    assert torch_unsupported(get_preset("shakespeare-char-cpu")) is None
+    assert "a text task" in torch_unsupported(get_preset("induction"))
+    rotary = apply_overrides(get_preset("shakespeare-char-cpu"), ["model.positions=rotary"])
+    assert torch_unsupported(rotary) == "nanoGPT's model needs learned positions"
+
+
+def test_nanogpt_torch_command_trains_and_scores_on_our_validation_batches(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from experiments import nanogpt_torch
+    from train import data
+
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    text = tmp_path / "t.txt"
+    text.write_text("to be, or not to be: that is the question.\n" * 200, encoding="utf-8")
+    argv = ["--eval-batches", "2", "--seeds", "3", "--", "train.steps=20", f"data.path={text}"]
+    assert nanogpt_torch.main(argv) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    seed, steps, val, batches = (c.strip() for c in row.strip("|").split("|")[:4])
+    assert (seed, steps, batches) == ("3", "20", "2")
+    assert 0.0 < float(val) < np.log(20)  # 20 steps already beat the uniform guess over the ~20 characters
