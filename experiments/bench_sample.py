@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("(torch not installed: `pip install -e '.[bench]'` adds the nanoGPT sampler)")
         else:
-            tmodel = make_model(model_cfg).eval()
+            tmodel = make_model(model_cfg).train(False)  # inference mode
             tprompt = torch.from_numpy(np.array(prompt)).long()
             torch.manual_seed(0)
 

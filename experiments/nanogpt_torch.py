@@ -158,7 +158,7 @@ def train_and_evaluate(cfg, seed: int, eval_batches: int = 300, log=print) -> di
         loss = step(windows[:, :-1], windows[:, 1:])
         if it % 250 == 0:
             log(f"step {it}: train loss {loss:.4f}")
-    model.eval()
+    model.train(False)  # inference mode
     total = count = 0.0
     with torch.no_grad():
         for i in range(eval_batches):

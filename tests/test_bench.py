@@ -78,7 +78,7 @@ def test_nanogpt_baseline_computes_the_same_logits_as_our_model_on_the_same_weig
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 11, (3, 16)), jnp.int32)
     params = model.init(jax.random.key(1), tokens)["params"]
     params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape), params)
-    tmodel = make_model(cfg, gelu="tanh", eps=1e-6).eval()  # our GELU and LayerNorm eps
+    tmodel = make_model(cfg, gelu="tanh", eps=1e-6).train(False)  # our GELU and LayerNorm eps
     _copy_weights(tmodel, params, cfg)
     ours = np.asarray(model.apply({"params": params}, tokens))
     with torch.no_grad():
