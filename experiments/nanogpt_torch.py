@@ -144,7 +144,7 @@ def train_and_evaluate(cfg, seed: int, eval_batches: int = 300, log=print) -> di
     train_tokens = np.asarray(ds.split_tokens("train"), dtype=np.int64)
     decay = tc.decay_steps if tc.decay_steps is not None else tc.steps
 
-    def lr_at(it: int) -> float:  # nanoGPT's get_lr
+    def lr_at(it: int) -> float:  # nanoGPT's get_lr, written out: the baseline shares no code with train/step.py
         if it < tc.warmup_steps:
             return tc.lr * (it + 1) / (tc.warmup_steps + 1)
         ratio = min(1.0, (it - tc.warmup_steps) / max(1, decay - tc.warmup_steps))
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = apply_overrides(get_preset(args.config), args.overrides)
-        if torch_unsupported(cfg):
-            raise SetupError(f"{args.config}: {torch_unsupported(cfg)}")
+        if why := torch_unsupported(cfg):
+            raise SetupError(f"{args.config}: {why}")
     except (SetupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

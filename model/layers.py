@@ -168,16 +168,14 @@ class MLP(nn.Module):
         fc_out = self.param(
             "fc_out", _normal(cfg.init_std / math.sqrt(2 * cfg.n_layers)), (cfg.mlp_dim, cfg.d_model), pdt
         )
-        # positions flattened to rows: XLA's CPU backward of [B*T, D] @ [D, F] is ~2x that of [B, T, D] @ [D, F]
-        lead = x.shape[:-1]
-        h = x.reshape(-1, x.shape[-1]).astype(cdt) @ fc_in.astype(cdt)
+        h = attn.matmul_rows(x.astype(cdt), fc_in.astype(cdt))
         if cfg.use_bias:
             h = h + self.param("fc_in_bias", zeros, (cfg.mlp_dim,), pdt).astype(cdt)
-        h = constrain(nn.gelu(h, approximate=True).reshape(*lead, -1), ("batch", "length", "mlp"))
-        y = h.reshape(-1, h.shape[-1]) @ fc_out.astype(cdt)
+        h = constrain(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
+        y = attn.matmul_rows(h, fc_out.astype(cdt))
         if cfg.use_bias:
             y = y + self.param("fc_out_bias", zeros, (cfg.d_model,), pdt).astype(cdt)
-        return y.reshape(*lead, -1).astype(jnp.float32)
+        return y.astype(jnp.float32)
 
 
 class Block(nn.Module):

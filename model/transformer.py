@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from model.attention import matmul_rows
 from model.config import ModelConfig
 from model.layers import Block, _normal, dtype_of, make_norm
 from model.positions import sinusoidal_table
@@ -108,8 +109,7 @@ class Transformer(nn.Module):
         else:
             w = self.param("unembed", _normal(cfg.init_std), (cfg.d_model, cfg.vocab_size), pdt)
         cdt = dtype_of(cfg.dtype)  # the unembedding matmul runs in the compute dtype like every other
-        b, t, d = x.shape  # positions flattened to rows: a 2-D matmul (its CPU backward is the faster one)
-        logits = (x.reshape(b * t, d).astype(cdt) @ w.astype(cdt)).reshape(b, t, -1)
+        logits = matmul_rows(x.astype(cdt), w.astype(cdt))
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))  # no-op outside use_mesh
 
 
