@@ -122,8 +122,11 @@ def why_learned_differs(s: dict[str, dict[str, Any]], scales: dict[str, dict[str
     if "none" in s:
         text += f" Learned minus no positions at all: {s['learned']['mean'] - s['none']['mean']:+.3f} nats."
     return text + (
-        " The learned table starts at std model.init_std while the scaled token embeddings start sqrt(d_model) "
-        "times larger, so in this setting learned positions begin as a weak signal and must grow during training."
+        " The learned table starts at the scaled token embeddings' std (ModelConfig.pos_table_std: init_std x "
+        "sqrt(d_model) under embed_scale), so both signals start equal; by the end the token table has grown "
+        "and the position table has not. The sinusoids are a full-strength signal from step 0 whose "
+        "linear structure across positions the attention can use at once, where a learned table must "
+        "learn each position's vector from the data."
     )
 
 

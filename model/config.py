@@ -12,6 +12,7 @@ Field types come from the annotations (model/config_base.py: ConfigBase, shared 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from model.config_base import ConfigBase
@@ -54,11 +55,25 @@ class ModelConfig(ConfigBase):
     attention_impl: str = "auto"  # see model.attention.attention: 'auto' | 'reference' | 'xla' | 'chunked' ...
     init_std: float = 0.02  # std of the normal initialiser of matrices (GPT-2)
     embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, 3.4)
+    pos_init_std: float | None = None  # std of the learned position table; None: see pos_table_std
 
     # ------------------------------------------------------------------ derived sizes
     @property
     def head_dim(self) -> int:
         return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def pos_table_std(self) -> float:
+        """Initial std of the learned position table: ``pos_init_std``, else the token signal's own scale.
+
+        The table is added to the token embeddings after ``embed_scale`` multiplies them by
+        sqrt(d_model), so by default it starts at ``init_std * sqrt(d_model)`` then: the same scale as
+        the token signal it joins. Started at ``init_std`` it is sqrt(d_model) times weaker and stays
+        weak (experiments/positions: 0.07 of the token signal after 1500 steps, 0.11 nats worse).
+        """
+        if self.pos_init_std is not None:
+            return self.pos_init_std
+        return self.init_std * (math.sqrt(self.d_model) if self.embed_scale else 1.0)
 
     @property
     def kv_heads(self) -> int:
@@ -109,6 +124,8 @@ class ModelConfig(ConfigBase):
             raise ValueError(f"ModelConfig.d_head={self.head_dim}: rotary positions need an even head width")
         if self.init_std <= 0:
             raise ValueError(f"ModelConfig.init_std={self.init_std}: must be positive")
+        if self.pos_init_std is not None and self.pos_init_std <= 0:
+            raise ValueError(f"ModelConfig.pos_init_std={self.pos_init_std}: must be positive (or null for the default)")
 
     # ------------------------------------------------------------------ helpers
     def check_length(self, length: int) -> None:

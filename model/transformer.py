@@ -78,7 +78,7 @@ class Transformer(nn.Module):
             else:
                 positions = jnp.arange(t, dtype=jnp.int32)[None, :]  # [1, T]
         if cfg.positions == "learned":
-            table = self.param("pos_embed", _normal(cfg.init_std), (cfg.max_len, cfg.d_model), pdt)
+            table = self.param("pos_embed", _normal(cfg.pos_table_std), (cfg.max_len, cfg.d_model), pdt)
             x = x + jnp.take(table, positions, axis=0).astype(jnp.float32)
         elif cfg.positions == "sinusoidal":
             x = x + jnp.take(jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model)), positions, axis=0)

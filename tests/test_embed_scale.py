@@ -104,3 +104,27 @@ def test_default_off_leaves_presets_and_saved_configs_unchanged():
 def test_embed_scale_must_be_a_bool(value):
     with pytest.raises(ValueError, match="embed_scale"):
         CFG.replace(embed_scale=value)
+
+
+@pytest.mark.parametrize(
+    "embed_scale, pos_init_std, want",
+    [(False, None, 0.02), (True, None, 0.02 * np.sqrt(256)), (True, 0.05, 0.05), (False, 0.5, 0.5)],
+)
+def test_learned_position_table_starts_at_the_token_signal_scale(embed_scale, pos_init_std, want):
+    """The learned table joins the (scaled) token signal, so by default it starts at that signal's scale."""
+    cfg = ModelConfig(
+        vocab_size=V, max_len=512, n_layers=1, d_model=256, n_heads=4, init_std=0.02,
+        embed_scale=embed_scale, pos_init_std=pos_init_std, attention_impl="reference",
+    )  # fmt: skip
+    assert cfg.pos_table_std == pytest.approx(want)
+    params = Transformer(cfg).init(jax.random.key(3), tokens())["params"]
+    table = np.asarray(params["pos_embed"], np.float64)  # 131072 draws: the sample std is within 1% of the true one
+    assert np.std(table) == pytest.approx(want, rel=0.02)
+    token_std = np.std(np.asarray(params["embed"]["embedding"], np.float64)) * (np.sqrt(256) if embed_scale else 1.0)
+    if pos_init_std is None:  # the default: position and token signal start on the same footing
+        assert np.std(table) == pytest.approx(token_std, rel=0.15)
+
+
+def test_pos_init_std_must_be_positive():
+    with pytest.raises(ValueError, match="pos_init_std"):
+        ModelConfig(pos_init_std=0.0)
