@@ -3,6 +3,7 @@
     python -m experiments.heads --workers 2             # h in {1,2,4,8,16,32} x 2 seeds at d_model 128 and 64 (long)
     python -m experiments.heads --widths 128            # one width only
     python -m experiments.heads --steps 2000            # the same steps at every width (nanoGPT's full CPU schedule)
+    python -m experiments.heads --positions rotary --out runs/heads-rotary   # rotary positions in every run
     python -m experiments.heads --print-commands        # the 24 `python -m train` commands, for a cluster
     python -m experiments.heads --smoke                 # seconds: tiny models, checks the pipeline only
 
@@ -61,10 +62,15 @@ def steps_for(width: int, steps: int | None) -> int:
     return steps if steps is not None else STEPS.get(width, max(STEPS.values()))
 
 
-def make_sweep(smoke: bool, out: Path, steps: int, width: int, heads=HEADS, seeds=SEEDS) -> Sweep:
-    """The sweep at one width: its runs live in ``out`` (one directory per width)."""
+def make_sweep(
+    smoke: bool, out: Path, steps: int, width: int, heads=HEADS, seeds=SEEDS, positions: str | None = None
+) -> Sweep:
+    """The sweep at one width: its runs live in ``out`` (one directory per width).
+
+    ``positions`` (e.g. 'rotary') replaces the preset's learned positions in every run.
+    """
     base = [x for x in shakespeare_overrides(steps, smoke, out) if not x.startswith("model.d_model=")]
-    fixed = [*base, f"model.d_model={width}"]
+    fixed = [*base, f"model.d_model={width}"] + ([f"model.positions={positions}"] if positions else [])
     if smoke:
         heads, seeds = SMOKE_HEADS[width], (0,)
     heads = [h for h in heads if width % h == 0]
@@ -131,8 +137,18 @@ def write_report(out: Path, results: dict[int, dict[str, Any]], command: str, sm
     for w in widths:
         for c in claims(summaries[w], f"d_model {w}: "):
             rep.claim(c)
+    kinds = {next((x.split("=", 1)[1] for x in r["sweep"].fixed if x.startswith("model.positions=")), None)
+             for r in results.values()}  # fmt: skip
+    kind = kinds.pop() if len(kinds) == 1 else None
     rep.text(
-        "Each width is its own sweep and its claims are evaluated separately: "
+        f"Positions: **{kind or 'learned'}**"
+        + (
+            " (`--positions`; with rotary positions a head of width d_head rotates d_head/2 frequency pairs, "
+            "so the narrowest heads have the fewest relative-position frequencies)."
+            if kind
+            else " (the preset's learned table)."
+        )
+        + " Each width is its own sweep and its claims are evaluated separately: "
         + "; ".join(
             f"**d_model {w}**{' (the nanoGPT preset)' if w == 128 else ''}: {results[w]['steps']} steps per run"
             for w in widths
@@ -264,13 +280,19 @@ def main(argv: list[str] | None = None):
     p.add_argument(
         "--widths", type=int, nargs="+", default=list(WIDTHS), help=f"d_model of each sweep (default {WIDTHS})"
     )
+    p.add_argument(
+        "--positions",
+        choices=["learned", "sinusoidal", "rotary", "none"],
+        default=None,
+        help="position information of every run (default: the preset's learned table)",
+    )
     args = p.parse_args(argv)
     out = default_out(NAME, args)
     widths = list(SMOKE_HEADS) if args.smoke else args.widths
     results: dict[int, dict[str, Any]] = {}
     for w in widths:
         steps = steps_for(w, args.steps)
-        sweep = make_sweep(args.smoke, out / f"d{w}", steps, w, args.heads, args.seeds)
+        sweep = make_sweep(args.smoke, out / f"d{w}", steps, w, args.heads, args.seeds, args.positions)
         rows = run_for_experiment(sweep, out / f"d{w}", args)
         if rows is None:
             continue
