@@ -4,9 +4,18 @@
     python -m experiments.bench_attention --quick              # small T, few repeats (a smoke run)
     python -m experiments.bench_attention --T 1024 2048 4096 --long   # + B=1, H=8, T=32768 chunked fwd+bwd
     python -m experiments.bench_attention --only attention     # one section: attention|remat|compile|train
+    python -m experiments.bench_attention --devices 1          # one multithreaded XLA device (jax's default)
 
 Writes ``results.md`` (markdown tables), ``results.json`` and ``attention_time.png`` (log-log time
 against T) to ``runs/bench_attention/`` (or ``--out``).
+
+Devices: on a CPU the bench asks XLA for one device per core (``--devices``, default: the cores this
+process may use) and shards every JAX input over them: attention inputs on the batch axis (the heads
+axis when the batch does not divide), the model sections' token batches on the batch axis. That is how
+a JAX program uses several cores (a sharded ``jax.jit``; training does the same with ``mesh.data``):
+one XLA:CPU device runs each small op of the kernel's loop on one thread at a time, so a single device
+leaves the second core mostly idle (measured: 1.8x slower than torch SDPA on one device, see README).
+torch gets as many threads as there are devices. ``--devices 1`` gives jax's default single device.
 
 What is measured:
 - time: median of ``--repeats`` calls after one warm-up (compile excluded), wall clock. The
@@ -14,12 +23,13 @@ What is measured:
   from other processes hits them alike (in a fresh random order each round); ratios are of medians from the same run.
 - fwd+bwd: the gradient of ``sum(out)`` with respect to q, k and v (all three returned).
 - extra memory, JAX: ``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``, XLA's
-  own account of the scratch buffers the compiled program needs beyond its inputs and outputs.
+  own account of the scratch buffers the compiled program needs beyond its inputs and outputs, per
+  device, times the number of devices (the total over the machine).
 - extra memory, torch: peak resident set size (VmHWM) of a fresh subprocess minus its
   resident size just before the call, inputs already allocated.
 Implementations whose compiled scratch would not fit the memory available are not run (their
 memory is still reported). torch (optional extra ``bench``: ``pip install '.[bench]'``) runs with
-2 threads and ``is_causal=True``.
+as many threads as there are devices (the cores) and ``is_causal=True``.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.attention import attention, select_implementation
+from model.config import IMPLEMENTATIONS
+from train.cli import host_cores, request_host_devices
 
 GiB = 1024**3
 
@@ -68,9 +80,51 @@ def _reset_peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def _inputs(b: int, t: int, h: int, d: int, seed: int = 0):
+class Devices:
+    """The devices the JAX sides run on: a 1-D mesh (``None`` for jax's single default device)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.mesh = None
+        if n > 1:
+            devices = jax.devices()
+            if len(devices) < n:
+                raise SystemExit(
+                    f"bench_attention: --devices {n} needs {n} devices, jax has {len(devices)} "
+                    "(XLA_FLAGS already sets the device count, or jax started before the flag was set): "
+                    "pass --devices 1 or unset XLA_FLAGS"
+                )
+            self.mesh = jax.sharding.Mesh(np.array(devices[:n]), ("cores",))
+
+    def put(self, x, axis: int):
+        """x sharded over the devices along ``axis`` (x unchanged on one device)."""
+        if self.mesh is None:
+            return x
+        spec = [None] * x.ndim
+        spec[axis] = "cores"
+        return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec)))
+
+    def replicate(self, tree):
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+
+    def split_axis(self, b: int, h: int) -> int:
+        """The attention inputs' axis to shard: batch (0) if it divides, else heads (2)."""
+        if b % self.n == 0:
+            return 0
+        if h % self.n == 0:
+            return 2
+        raise SystemExit(f"bench_attention: neither B={b} nor H={h} divides over --devices {self.n}; pick another")
+
+
+def _inputs(b: int, t: int, h: int, d: int, seed: int = 0, devices: Devices | None = None):
     ks = jax.random.split(jax.random.key(seed), 3)
-    return tuple(jax.random.normal(k, (b, t, h, d), jnp.float32) for k in ks)
+    xs = tuple(jax.random.normal(k, (b, t, h, d), jnp.float32) for k in ks)
+    if devices is None:
+        return xs
+    axis = devices.split_axis(b, h)
+    return tuple(devices.put(x, axis) for x in xs)
 
 
 def jax_fns(impl: str, causal: bool = True):
@@ -85,9 +139,12 @@ def jax_fns(impl: str, causal: bool = True):
     return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def temp_bytes(fn, *args) -> int:
-    """XLA's scratch bytes for the compiled ``fn(*args)`` (beyond inputs and outputs)."""
-    return int(fn.lower(*args).compile().memory_analysis().temp_size_in_bytes)
+def temp_bytes(fn, *args, devices: int = 1) -> int:
+    """XLA's scratch bytes for the compiled ``fn(*args)`` (beyond inputs and outputs), summed over ``devices``.
+
+    XLA reports the scratch of one device of an SPMD program; every device needs as much.
+    """
+    return devices * int(fn.lower(*args).compile().memory_analysis().temp_size_in_bytes)
 
 
 def _block(x):
@@ -112,12 +169,12 @@ def time_interleaved(calls: dict, repeats: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- torch
-def _torch():
+def _torch(threads: int):
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     return torch
 
 
@@ -140,8 +197,8 @@ def torch_fns(torch, q, k, v):
 
 _TORCH_MEM_SCRIPT = """
 import resource, sys, torch
-torch.set_num_threads(2)
 b, t, h, d, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+torch.set_num_threads(int(sys.argv[6]))
 def rss():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * resource.getpagesize()
@@ -163,11 +220,11 @@ print(max(peak - base, 0))
 """
 
 
-def torch_extra_bytes(b, t, h, d, mode) -> int | None:
+def torch_extra_bytes(b, t, h, d, mode, threads) -> int | None:
     """Peak RSS growth of one torch SDPA call in a fresh subprocess (None if it fails)."""
     try:
         res = subprocess.run(
-            [sys.executable, "-c", _TORCH_MEM_SCRIPT, str(b), str(t), str(h), str(d), mode],
+            [sys.executable, "-c", _TORCH_MEM_SCRIPT, str(b), str(t), str(h), str(d), mode, str(threads)],
             capture_output=True,
             text=True,
             timeout=600,
@@ -178,12 +235,12 @@ def torch_extra_bytes(b, t, h, d, mode) -> int | None:
 
 
 # ---------------------------------------------------------------------------- section: attention vs T
-def bench_attention(ts, b, h, d, repeats, impls, max_bytes) -> list[dict]:
-    """One row per (T, implementation, mode) with time (s) and extra memory (bytes)."""
-    torch = _torch()
+def bench_attention(ts, b, h, d, repeats, impls, max_bytes, devices: Devices) -> list[dict]:
+    """One row per (T, implementation, mode) with time (s) and extra memory (bytes, all devices)."""
+    torch = _torch(devices.n)
     rows = []
     for t in ts:
-        q, k, v = _inputs(b, t, h, d)
+        q, k, v = _inputs(b, t, h, d, devices=devices)
         auto_is = select_implementation(q.shape, q.dtype, k_len=t, causal=True)
         calls = {"fwd": {}, "fwd_bwd": {}}
         mem = {}
@@ -191,7 +248,7 @@ def bench_attention(ts, b, h, d, repeats, impls, max_bytes) -> list[dict]:
         for impl in impls:
             f_fwd, f_bwd = jax_fns(impl)
             for mode, f in (("fwd", f_fwd), ("fwd_bwd", f_bwd)):
-                mem[(impl, mode)] = temp_bytes(f, q, k, v)
+                mem[(impl, mode)] = temp_bytes(f, q, k, v, devices=devices.n)
                 if mem[(impl, mode)] > max_bytes:
                     skipped[(impl, mode)] = f"needs {mem[(impl, mode)] / GiB:.1f} GiB scratch"
                     continue
@@ -201,7 +258,7 @@ def bench_attention(ts, b, h, d, repeats, impls, max_bytes) -> list[dict]:
             calls["fwd"]["torch_sdpa"] = t_fwd
             calls["fwd_bwd"]["torch_sdpa"] = t_bwd
             for mode in ("fwd", "fwd_bwd"):
-                mem[("torch_sdpa", mode)] = torch_extra_bytes(b, t, h, d, mode)
+                mem[("torch_sdpa", mode)] = torch_extra_bytes(b, t, h, d, mode, devices.n)
         for mode in ("fwd", "fwd_bwd"):
             load_before = os.getloadavg()[0]
             times = time_interleaved(calls[mode], repeats)
@@ -220,21 +277,22 @@ def bench_attention(ts, b, h, d, repeats, impls, max_bytes) -> list[dict]:
                         extra_bytes=mem.get((impl, mode)),
                         note=skipped.get((impl, mode), ""),
                         load=load,
+                        devices=devices.n,
                     )
                 )
                 print(_row_text(rows[-1]), flush=True)
     return rows
 
 
-def bench_long(t, b, h, d) -> dict:
+def bench_long(t, b, h, d, devices: Devices) -> dict:
     """One chunked fwd+bwd at a length where the dense paths cannot run; dense memory reported from compile."""
-    q, k, v = _inputs(b, t, h, d)
+    q, k, v = _inputs(b, t, h, d, devices=devices)
     rss_base = _reset_peak_rss()
     _, f_bwd = jax_fns("chunked")
     _, x_bwd = jax_fns("xla")
-    row = dict(T=t, B=b, H=h, Dh=d, impl="chunked", mode="fwd_bwd")
-    row["extra_bytes"] = temp_bytes(f_bwd, q, k, v)
-    row["xla_extra_bytes"] = temp_bytes(x_bwd, q, k, v)
+    row = dict(T=t, B=b, H=h, Dh=d, impl="chunked", mode="fwd_bwd", devices=devices.n)
+    row["extra_bytes"] = temp_bytes(f_bwd, q, k, v, devices=devices.n)
+    row["xla_extra_bytes"] = temp_bytes(x_bwd, q, k, v, devices=devices.n)
     t0 = time.perf_counter()
     _block(f_bwd(q, k, v))
     row["first_call_seconds"] = time.perf_counter() - t0  # includes compilation
@@ -252,13 +310,18 @@ def bench_long(t, b, h, d) -> dict:
 
 
 # ---------------------------------------------------------------------------- section: model-level
-def _model_step(cfg, batch: int, seq: int):
-    """(jitted value_and_grad of next_token_loss, params, tokens) for a Transformer on ``cfg``."""
+def _model_step(cfg, batch: int, seq: int, devices: Devices | None = None):
+    """(jitted value_and_grad of next_token_loss, params, tokens) for a Transformer on ``cfg``.
+
+    With several devices the tokens are split over them on the batch axis and the parameters replicated.
+    """
     from model.transformer import Transformer, next_token_loss
 
     model = Transformer(cfg)
     tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, cfg.vocab_size)
     params = jax.jit(model.init)(jax.random.key(0), tokens[:, :seq])["params"]
+    if devices is not None:
+        tokens, params = devices.put(tokens, 0), devices.replicate(params)
 
     def loss(p, toks):
         logits = model.apply({"params": p}, toks[:, :-1])
@@ -267,15 +330,15 @@ def _model_step(cfg, batch: int, seq: int):
     return jax.jit(jax.value_and_grad(loss)), params, tokens
 
 
-def bench_remat(repeats, batch=8, seq=256) -> list[dict]:
+def bench_remat(repeats, devices: Devices, batch=8, seq=256) -> list[dict]:
     """Step time and XLA scratch of the shakespeare-char model's fwd+bwd under each remat policy."""
     from model.config import get_preset
 
     rows, calls = [], {}
     for remat in ("none", "full", "dots"):
         cfg = get_preset("shakespeare-char").replace(remat=remat, dropout=0.0)
-        step, params, tokens = _model_step(cfg, batch, seq)
-        rows.append(dict(remat=remat, extra_bytes=temp_bytes(step, params, tokens)))
+        step, params, tokens = _model_step(cfg, batch, seq, devices)
+        rows.append(dict(remat=remat, extra_bytes=temp_bytes(step, params, tokens, devices=devices.n)))
         calls[remat] = lambda s=step, p=params, x=tokens: _block(s(p, x))
     times = time_interleaved(calls, repeats)
     for r in rows:
@@ -308,14 +371,14 @@ def bench_compile(layers=(2, 48), batch=8, repeats=2) -> list[dict]:
     return rows
 
 
-def bench_train(repeats, batch=32) -> list[dict]:
+def bench_train(repeats, devices: Devices, batch=32) -> list[dict]:
     """Per-step time of the shakespeare-char-cpu model (jitted loss grad) with attention 'auto' vs 'reference'."""
     from model.config import get_preset
 
     calls, rows = {}, []
     for impl in ("auto", "reference"):
         cfg = get_preset("shakespeare-char-cpu").replace(attention_impl=impl)
-        step, params, tokens = _model_step(cfg, batch, cfg.max_len)
+        step, params, tokens = _model_step(cfg, batch, cfg.max_len, devices)
         calls[impl] = lambda s=step, p=params, x=tokens: _block(s(p, x))
     times = time_interleaved(calls, repeats)
     q_shape = (batch, cfg.max_len, cfg.n_heads, cfg.head_dim)
@@ -327,6 +390,14 @@ def bench_train(repeats, batch=32) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- report
+def _devices_text(n: int) -> str:
+    if n <= 1:
+        return "JAX on one device (jax's default)"
+    return (
+        f"JAX on {n} devices (one per core, one thread each; inputs sharded over them), torch with {n} threads"
+    )
+
+
 def _fmt_s(s):
     return "—" if s is None else (f"{s * 1e3:.0f} ms" if s < 10 else f"{s:.1f} s")
 
@@ -371,7 +442,8 @@ def write_report(out: Path, results: dict, args) -> None:
         "# Attention benchmark",
         "",
         f"`python -m experiments.bench_attention {' '.join(sys.argv[1:])}` on {os.cpu_count()} CPU cores, "
-        f"jax {jax.__version__}, backend {jax.default_backend()}; times are medians of {args.repeats} "
+        f"jax {jax.__version__}, backend {jax.default_backend()}, {_devices_text(args.devices)}; "
+        f"times are medians of {args.repeats} "
         "interleaved calls (wall clock); JAX memory is XLA's compiled scratch (temp_size_in_bytes), torch "
         "memory is the peak-RSS growth of a fresh subprocess.",
         "",
@@ -474,7 +546,20 @@ def main(argv=None) -> dict:
     p.add_argument("--H", type=int, default=8)
     p.add_argument("--Dh", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
-    p.add_argument("--impls", nargs="+", default=["reference", "xla", "chunked", "auto"])
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        default=["reference", "xla", "chunked", "auto"],
+        choices=list(IMPLEMENTATIONS),
+        metavar="IMPL",
+        help=f"JAX implementations: auto or one of {list(IMPLEMENTATIONS)}; torch SDPA runs whenever torch is installed",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="XLA devices for the JAX sides (default on CPU: one per core; 1: jax's default single device)",
+    )
     p.add_argument("--long", action="store_true", help="also B=1, H=8, T=32768 chunked fwd+bwd")
     p.add_argument("--long-T", type=int, default=32768)
     p.add_argument("--quick", action="store_true", help="T=256 512 1024, 2 repeats: a smoke run")
@@ -482,23 +567,33 @@ def main(argv=None) -> dict:
     p.add_argument("--max-gib", type=float, default=None, help="skip runs needing more scratch (default: 80%% of free)")
     p.add_argument("--out", type=Path, default=Path("runs/bench_attention"))
     args = p.parse_args(argv)
+    if args.devices is None:
+        args.devices = host_cores() if os.environ.get("JAX_PLATFORMS", "cpu") in ("", "cpu") else 1
+    if args.devices < 1:
+        p.error(f"--devices {args.devices}: must be at least 1")
+    request_host_devices(args.devices)  # before jax's backend starts (a no-op for 1)
+    if jax.default_backend() != "cpu" and args.devices > 1:
+        args.devices = 1  # one device per core is a CPU arrangement; accelerators run as they are
+    devices = Devices(args.devices)
     if args.quick:
         args.T, args.repeats = [256, 512, 1024], 2
     max_bytes = args.max_gib * GiB if args.max_gib else 0.8 * _available_bytes()
     sections = [args.only] if args.only else ["attention", "remat", "compile", "train"]
 
-    results: dict = {"argv": sys.argv[1:], "backend": jax.default_backend()}
+    results: dict = {"argv": sys.argv[1:], "backend": jax.default_backend(), "devices": args.devices}
     if "attention" in sections:
-        results["attention"] = bench_attention(args.T, args.B, args.H, args.Dh, args.repeats, args.impls, max_bytes)
+        results["attention"] = bench_attention(
+            args.T, args.B, args.H, args.Dh, args.repeats, args.impls, max_bytes, devices
+        )
         print("\n".join(_ratios(results["attention"])))
     if (args.long and "attention" in sections) or args.only == "long":
-        results["long"] = bench_long(args.long_T, 1, args.H, args.Dh)
+        results["long"] = bench_long(args.long_T, 1, args.H, args.Dh, devices)
     if "remat" in sections:
-        results["remat"] = bench_remat(max(2, args.repeats // 2))
+        results["remat"] = bench_remat(max(2, args.repeats // 2), devices)
     if "compile" in sections:
         results["compile"] = bench_compile()
     if "train" in sections:
-        results["train"] = bench_train(args.repeats)
+        results["train"] = bench_train(args.repeats, devices)
     write_report(args.out, results, args)
     print(f"wrote {args.out / 'results.md'}")
     return results

@@ -110,3 +110,49 @@ def test_nanogpt_torch_command_trains_and_scores_on_our_validation_batches(tmp_p
     seed, steps, val, batches = (c.strip() for c in row.strip("|").split("|")[:4])
     assert (seed, steps, batches) == ("3", "20", "2")
     assert 0.0 < float(val) < np.log(20)  # 20 steps already beat the uniform guess over the ~20 characters
+
+
+def test_bench_attention_shards_over_devices_and_writes_its_table(tmp_path, capsys):
+    """--devices 2 (the per-core arrangement) on the test session's 8 CPU devices: the inputs are split on
+    the batch axis, the scratch is the sum over both devices, and the report names the arrangement."""
+    from experiments import bench_attention
+
+    out = tmp_path / "bench"
+    res = bench_attention.main(
+        ["--only", "attention", "--impls", "chunked", "--T", "128", "--repeats", "1", "--devices", "2", "--out", str(out)]
+    )
+    rows = res["attention"]
+    assert {(r["impl"], r["mode"]) for r in rows} >= {("chunked", "fwd"), ("chunked", "fwd_bwd")}
+    assert all(r["devices"] == 2 for r in rows)
+    assert all(r["seconds"] > 0 for r in rows if r["impl"] == "chunked")
+    # the summed scratch is twice one device's: check against a compile of the same sharded program
+    devices = bench_attention.Devices(2)
+    q, k, v = bench_attention._inputs(4, 128, 8, 64, devices=devices)
+    assert q.sharding.spec[0] == "cores" and len(q.sharding.device_set) == 2
+    fwd, _ = bench_attention.jax_fns("chunked")
+    one = fwd.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+    row = next(r for r in rows if r["impl"] == "chunked" and r["mode"] == "fwd")
+    assert row["extra_bytes"] == 2 * one
+    text = (out / "results.md").read_text()
+    assert "JAX on 2 devices (one per core" in text and "| 128 |" in text
+    assert "T=   128     fwd chunked" in capsys.readouterr().out
+
+
+def test_bench_attention_splits_heads_when_the_batch_does_not_divide():
+    from experiments import bench_attention
+
+    devices = bench_attention.Devices(2)
+    q, _, _ = bench_attention._inputs(1, 16, 8, 8, devices=devices)
+    assert q.sharding.spec[2] == "cores"
+    with pytest.raises(SystemExit, match="divides"):
+        bench_attention._inputs(3, 16, 3, 8, devices=devices)
+
+
+def test_bench_attention_rejects_an_unknown_implementation_and_too_many_devices(capsys):
+    from experiments import bench_attention
+
+    with pytest.raises(SystemExit) as e:
+        bench_attention.main(["--impls", "torch"])
+    assert e.value.code == 2 and "invalid choice: 'torch'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="needs 64 devices, jax has 8"):
+        bench_attention.main(["--only", "attention", "--devices", "64", "--T", "16"])

@@ -54,27 +54,22 @@ def tune_host() -> None:
     libc.mallopt(m_arena_max, 1)
 
 
-def configure_xla(cfg) -> None:
-    """A mesh of several devices on a CPU: one XLA device per mesh slot, each running its ops on one thread.
-
-    jax sees one CPU device unless told otherwise, so ``mesh.data=2`` would find too few devices.
-    Splitting the batch over per-core devices keeps both cores busy with independent halves of the
-    step. For shakespeare-char-cpu on 2 cores it is now no faster than one multithreaded device
-    (44-47 vs 40-46 ms/step in alternating runs of experiments.bench_train); it was about 1.4x before
-    the model's matmuls were made 2-D.
-    Must run before jax creates its backend; XLA_FLAGS already naming these settings are left alone.
-    """
-    import dataclasses
-    import math
+def host_cores() -> int:
+    """CPU cores this process may run on."""
     import os
 
-    mesh = getattr(cfg, "mesh", None)
-    if mesh is None:
-        return
-    sizes = [getattr(mesh, f.name) for f in dataclasses.fields(mesh)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    fixed = math.prod(s for s in sizes if s != -1)
-    n = fixed * max(1, cores // fixed) if -1 in sizes else fixed
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def request_host_devices(n: int) -> None:
+    """Ask XLA for ``n`` CPU devices that run their ops on one thread each (one device per core).
+
+    jax sees one CPU device unless told otherwise; with one device per core, work split over a mesh
+    (a batch- or head-sharded jit) runs on all cores at once, each device a single-threaded chain of
+    ops. Must run before jax creates its backend; XLA_FLAGS already naming these settings are left alone.
+    """
+    import os
+
     if n <= 1:
         return
     flags = os.environ.get("XLA_FLAGS", "")
@@ -83,6 +78,28 @@ def configure_xla(cfg) -> None:
     if "xla_cpu_multi_thread_eigen" not in flags:
         flags += " --xla_cpu_multi_thread_eigen=false"
     os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def configure_xla(cfg) -> None:
+    """A mesh of several devices on a CPU: one XLA device per mesh slot, each running its ops on one thread.
+
+    jax sees one CPU device unless told otherwise, so ``mesh.data=2`` would find too few devices.
+    Splitting the batch over per-core devices keeps both cores busy with independent halves of the
+    step. For shakespeare-char-cpu on 2 cores it is now no faster than one multithreaded device
+    (44-47 vs 40-46 ms/step in alternating runs of experiments.bench_train); it was about 1.4x before
+    the model's matmuls were made 2-D.
+    Must run before jax creates its backend (see :func:`request_host_devices`).
+    """
+    import dataclasses
+    import math
+
+    mesh = getattr(cfg, "mesh", None)
+    if mesh is None:
+        return
+    sizes = [getattr(mesh, f.name) for f in dataclasses.fields(mesh)]
+    cores = host_cores()
+    fixed = math.prod(s for s in sizes if s != -1)
+    request_host_devices(fixed * max(1, cores // fixed) if -1 in sizes else fixed)
 
 
 def build_parser() -> argparse.ArgumentParser:
