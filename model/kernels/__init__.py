@@ -10,10 +10,12 @@ What ``implementation='auto'`` picks (:func:`auto_choice`), and why:
   on the shared 2-core AVX-512 machine (B=4, H=8, Dh=64, causal, fp32; medians of interleaved calls):
   in a --quick run at T=256 dense and chunked were within noise (15-17 ms fwd, 32-46 ms fwd+bwd); from
   T=512 on chunked wins and the gap grows with T because it skips the masked half of the blocks and
-  its memory is O(T): fwd+bwd 2.2-2.8x faster than 'reference' (earlier run) and, in a run at load
-  average ~9 (README), 3-9x faster than 'xla' at T=1024..4096 (fwd 3.2/9.2/9.2x, fwd+bwd 4.0/6.9/6.0x)
-  with 31 MiB .. 0.19 GiB of scratch against 0.25 .. 6 GiB. Against torch SDPA it is roughly level
-  under heavy load and up to 2.3x slower (T=4096 forward) at load ~4 (README). 'xla'
+  its memory is O(T). In the quiet run of 2026-11-27 (README; one XLA device per core, inputs
+  sharded over them) it was 2.3-4.8x faster than 'reference' and 3.2-10.9x faster than 'xla' at
+  T=1024..4096, with 31 MiB .. 0.22 GiB of scratch against 0.25 .. 6 GiB, and level with torch SDPA
+  (auto/torch 0.95-0.97 in the cleanest run, 0.83-1.13 in others). On jax's default single CPU device
+  it is 1.4-1.9x slower than torch: that device runs the block matmuls one at a time on one thread,
+  so give XLA one device per core (``train.cli.request_host_devices``) and shard the batch. 'xla'
   (jax.nn.dot_product_attention) is never chosen on CPU: it is the slowest path there. A decode step
   (Q=1) stays 'reference' (its scores are one row).
 - GPU: 'cudnn' (cuDNN flash attention) for float16/bfloat16 with a head width it takes and a mask it
