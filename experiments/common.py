@@ -58,7 +58,35 @@ def experiment_parser(name: str, doc: str | None, *, sweep: bool = True) -> argp
         )
         p.add_argument("--print-commands", action="store_true", help="print the training commands and exit")
         p.add_argument("--slurm", type=Path, default=None, help="write a SLURM array script for the sweep and exit")
+        p.add_argument(
+            "--set",
+            nargs="+",
+            default=[],
+            metavar="KEY=VALUE",
+            help="more overrides for every run, e.g. train.weight_decay=0 (give it its own --out)",
+        )
     return p
+
+
+def with_set(sweep, args: argparse.Namespace):
+    """``sweep`` with the ``--set KEY=VALUE`` overrides added to every run, every point's config checked.
+
+    A bad override (an unknown key or value, one of the sweep's axes, no '=') is a one-line error and
+    exit code 2 before anything is trained.
+    """
+    import dataclasses
+
+    from experiments.sweep import SweepError
+
+    if not getattr(args, "set", None):
+        return sweep
+    try:
+        sweep = dataclasses.replace(sweep, fixed=(*sweep.fixed, *args.set))
+        sweep.check()  # every point's config resolves: a bad key or value is named now, not per run
+    except SweepError as e:
+        print(f"error: --set: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return sweep
 
 
 def default_out(name: str, args: argparse.Namespace) -> Path:
@@ -300,7 +328,7 @@ def sweep_experiment_main(name: str, doc: str | None, argv, steps: int, seeds: S
     add_steps_and_seeds(p, steps, seeds)
     args = p.parse_args(argv)
     out = default_out(name, args)
-    sweep = make_sweep(args.smoke, out, args.steps, args.seeds)
+    sweep = with_set(make_sweep(args.smoke, out, args.steps, args.seeds), args)
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None

@@ -41,6 +41,7 @@ from experiments.common import (
     seed_losses,
     shakespeare_overrides,
     val_curve,
+    with_set,
 )
 from experiments.sweep import Sweep, run_for_experiment
 
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None):
     for w in widths:
         steps = steps_for(w, args.steps)
         sweep = make_sweep(args.smoke, out / f"d{w}", steps, w, args.heads, args.seeds, args.positions)
+        sweep = with_set(sweep, args)
         rows = run_for_experiment(sweep, out / f"d{w}", args)
         if rows is None:
             continue

@@ -42,6 +42,7 @@ from experiments.common import (
     print_summary,
     pyplot,
     shakespeare_overrides,
+    with_set,
 )
 from experiments.sweep import Sweep, run_for_experiment
 
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--steps", type=int, default=STEPS, help=f"training steps per run (default {STEPS})")
     args = p.parse_args(argv)
     out = default_out(NAME, args)
-    sweep = make_sweep(args.smoke, out, args.steps)
+    sweep = with_set(make_sweep(args.smoke, out, args.steps), args)
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None

@@ -37,6 +37,7 @@ from experiments.common import (
     experiment_parser,
     print_summary,
     pyplot,
+    with_set,
 )
 from experiments.sweep import Sweep, run_for_experiment
 
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args(argv)
     out = default_out(NAME, args)
-    sweep = make_sweep(args.smoke, args.seeds)
+    sweep = with_set(make_sweep(args.smoke, args.seeds), args)
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None

@@ -289,6 +289,37 @@ def test_positions_claims_follow_the_numbers():
     assert [c.passed for c in positions.claims(s)] == [False, False]
 
 
+def test_set_adds_an_override_to_every_run(tmp_path):
+    """``--set train.weight_decay=0``: every run's saved config has it, and the report's command line says so."""
+    from train.config import load_run_config
+
+    out = tmp_path / "value-map-nowd"
+    r = value_map.main(
+        ["--smoke", "--out", str(out), "--set", "train.weight_decay=0", "train.grad_clip=0.5", *INPROCESS]
+    )
+    assert r["rows"] and {x["status"] for x in r["rows"]} == {"ok"}
+    for row in r["rows"]:
+        cfg = load_run_config(row["run_dir"])
+        assert cfg.train.weight_decay == 0.0 and cfg.train.grad_clip == 0.5
+    assert "train.weight_decay=0" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("model.value_map=full", "is both a fixed override and an axis"),
+        ("train.wd=0", "unknown key 'train.wd'"),
+        ("train.weight_decay", "KEY=VALUE"),
+    ],
+)
+def test_set_rejects_bad_overrides_in_one_line(bad, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        value_map.main(["--smoke", "--out", str(tmp_path / "m"), "--set", bad])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and says in err and err.startswith("error: --set:") and "\n" not in err
+    assert not (tmp_path / "m" / "runs").exists()  # no run was started
+
+
 # ---------------------------------------------------------------------------- the full experiments (slow)
 @pytest.mark.experiment
 @pytest.mark.parametrize("module", [induction, mqar, masking, value_map, heads, positions])
