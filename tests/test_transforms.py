@@ -184,3 +184,65 @@ def test_pmap_multi_head_attention_equals_unmapped():
     f = functools.partial(attn.multi_head_attention, causal=True)
     mapped = jax.pmap(f, in_axes=(0, None, None, None, None))(x[:, None], *ws)  # weights replicated
     close(np.asarray(mapped)[:, 0], np.asarray(f(x, *ws), np.float64), "float32")
+
+
+# ------------------------------------------------------------------ the chunked kernel as per-device code
+def _chunked(q, k, v, **kw):
+    return attn.attention(q, k, v, implementation="chunked", **kw)
+
+
+def test_chunked_inside_shard_map_batch_split_with_offsets_and_lengths():
+    """jax.shard_map over 4 devices, each with two sequences: values against NumPy, gradients against the
+    unsharded reference. T = 300 is not a multiple of the 128 blocks; the loop carries must take the
+    inputs' varying manual axes (they failed to before)."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:4]), ("x",))
+    (q, k, v), (qn, kn, vn) = _qkv(11, b=8, q_len=300, k_len=300, h=4, g=2, dh=8, dv=8)
+    q_offset = jnp.asarray([0, 0, 5, 0, 0, 2, 0, 0])
+    kv_lengths = jnp.asarray([300, 17, 300, 129, 300, 256, 1, 300])
+
+    def f(q, k, v, off, lens):
+        return _chunked(q, k, v, causal=True, q_offset=off, kv_lengths=lens)
+
+    sharded = jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    out = sharded(q, k, v, q_offset, kv_lengths)
+    mask = np_mask(8, 300, 300, causal=True, q_offset=np.asarray(q_offset), kv_lengths=np.asarray(kv_lengths))
+    want, _ = np_attention(qn, np.repeat(kn, 2, axis=2), np.repeat(vn, 2, axis=2), mask)
+    close(out, want, "float32")
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v, q_offset, kv_lengths) ** 2)
+
+    ref = functools.partial(attn.attention, causal=True, implementation="reference")
+    got = jax.jit(jax.grad(loss(sharded), argnums=(0, 1, 2)))(q, k, v)
+    exp = jax.grad(loss(lambda q, k, v, o, n: ref(q, k, v, q_offset=o, kv_lengths=n)), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(got, exp, strict=True):  # some are sums over 300 rows (the sequence of length 1): rtol counts
+        close(a, np.asarray(b, np.float64), "float32")
+
+
+def test_chunked_inside_shard_map_query_heads_split_over_replicated_keys():
+    """Multi-query attention with the query heads split over 2 devices and the one key/value head replicated:
+    the loop carries vary over the axis only through q."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:2]), ("x",))
+    (q, k, v), (qn, kn, vn) = _qkv(12, b=2, q_len=200, k_len=200, h=4, g=1, dh=8, dv=8)
+    f = functools.partial(_chunked, causal=True)
+    heads = P(None, None, "x")
+    sharded = jax.jit(jax.shard_map(f, mesh=mesh, in_specs=(heads, P(), P()), out_specs=heads))
+    want, _ = np_attention(qn, np.repeat(kn, 4, axis=2), np.repeat(vn, 4, axis=2), np_mask(2, 200, 200, causal=True))
+    close(sharded(q, k, v), want, "float32")
+    g = jax.jit(jax.grad(lambda q: jnp.sum(sharded(q, k, v)), argnums=0))(q)
+    g_ref = jax.grad(lambda q: jnp.sum(attn.attention(q, k, v, causal=True, implementation="reference")))(q)
+    close(g, np.asarray(g_ref, np.float64), "float32")
+
+
+def test_chunked_under_pmap_equals_unmapped():
+    (q, k, v), (qn, kn, vn) = _qkv(13, b=8, q_len=150, k_len=150, h=2, g=2, dh=4, dv=4)
+    f = functools.partial(_chunked, causal=True, window=40)
+    mapped = jax.pmap(f)(q[:, None], k[:, None], v[:, None])
+    want, _ = np_attention(qn, kn, vn, np_mask(8, 150, 150, causal=True, window=40))
+    close(np.asarray(mapped)[:, 0], want, "float32")

@@ -39,6 +39,11 @@ and gets dq^T = k^T ds^T from k stored transposed, so that all five matmuls of a
 lhs's second-to-last axis is not, and ran ~1.6x slower); the scale is applied to dq (and dk) once at
 the end.
 
+Per-device code: the kernel runs unchanged under ``jax.pmap``, ``vmap`` and inside ``jax.shard_map``
+(its constant loop carries take the inputs' varying manual axes, and the cotangent of an input that is
+replicated over an axis the others are split on, e.g. one key/value head shared by query heads split
+over devices, is summed over that axis); tests/test_transforms.py checks each.
+
 Small importable pieces (reused by ring attention): :func:`block_scores`, :func:`online_softmax_update`,
 :func:`finalize`, :func:`merge_partials`, :func:`block_grads`, :func:`block_mask`, :class:`MaskInfo`.
 """
@@ -336,6 +341,36 @@ def _make_static(
     )
 
 
+def _varying_axes(x) -> set[str]:
+    """The ``jax.shard_map`` axes x varies over (empty outside shard_map: plain jit, vmap, pmap)."""
+    if x is None:
+        return set()
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    return set(getattr(manual, "varying", None) or getattr(aval, "vma", None) or ())
+
+
+def _vary(x, *refs):
+    """``x`` marked as varying over every shard_map axis that some ref varies over.
+
+    Loop carries that start as constants (zeros, -inf) must have the type of what the loop body
+    returns, which inside shard_map includes the manual axes the inputs vary over.
+    """
+    axes = set().union(*(_varying_axes(r) for r in refs))
+    return jax.lax.pcast(x, tuple(sorted(axes)), to="varying") if axes else x
+
+
+def _sum_to(grad, primal):
+    """A cotangent summed over the shard_map axes it varies over but its primal does not.
+
+    E.g. keys replicated over a 'heads' axis while the query heads are split over it: every device
+    holds a part of dk, and the gradient of the one replicated k is their sum (the transpose of
+    broadcasting k to every device).
+    """
+    extra = _varying_axes(grad) - _varying_axes(primal)
+    return jax.lax.psum(grad, tuple(sorted(extra))) if extra else grad
+
+
 # ---------------------------------------------------------------------------- forward
 def _three_loops(lo, f_lo, f_hi, hi, step, carry):
     """Run ``step(idx, carry, masked)`` over ``[lo, f_lo)`` and ``[f_hi, hi)`` masked, ``[f_lo, f_hi)`` not.
@@ -394,6 +429,7 @@ def _forward_blocks(st: _Static, qb, kb, vb, q_offset, kv_lengths):
             jnp.zeros((bg, rows), jnp.float32),
             jnp.zeros((bg, rows, dv), jnp.float32),
         )
+        init = tuple(_vary(x, q_i, kb, vb, q_offset, kv_lengths) for x in init)
         return None, finalize(*_three_loops(*st.k_block_ranges(info, i), step, init))
 
     _, (out, lse) = jax.lax.scan(q_block, None, (jnp.arange(st.nq, dtype=jnp.int32), qb))
@@ -445,12 +481,13 @@ def _backward_blocks(st: _Static, qb, kb, vb, ob, lse, dob, q_offset, kv_lengths
         i_hi = jnp.maximum(i_hi, i_lo)
         fi_lo = jnp.clip(count(f_hi, j), i_lo, i_hi)
         fi_hi = jnp.clip(count(f_lo, j), fi_lo, i_hi)
-        init = (dq, jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32))
+        zeros = (jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32))
+        init = (dq, *(_vary(z, qb, k_j, v_j, dob, lse, q_offset, kv_lengths) for z in zeros))
         dq, dk, dv = _three_loops(i_lo, fi_lo, fi_hi, i_hi, step, init)
         return dq, (dk, dv)
 
     n, bg, rows, d = qb.shape
-    dqt0 = jnp.zeros((n, bg, d, rows), jnp.float32)
+    dqt0 = _vary(jnp.zeros((n, bg, d, rows), jnp.float32), qb, kb, vb, dob, lse, q_offset, kv_lengths)
     kt = jnp.swapaxes(kb, -1, -2)  # [nk, B*G, Dh, bk]
     dqt, (dk, dv) = jax.lax.scan(k_block, dqt0, (jnp.arange(st.nk, dtype=jnp.int32), kb, vb, kt))
     return jnp.swapaxes(dqt, -1, -2), dk, dv
@@ -480,7 +517,7 @@ def _chunked_bwd(st: _Static, res, g):
     dq = _q_unblock(dq * scale, st.q_len, st.heads, st.batch).astype(qb.dtype)
     dk = _kv_unblock(dk if st.fold else dk * scale, st.k_len, st.batch).astype(kb.dtype)
     dv = _kv_unblock(dv, st.k_len, st.batch).astype(vb.dtype)
-    return dq, dk, dv, None, None
+    return _sum_to(dq, qb), _sum_to(dk, kb), _sum_to(dv, vb), None, None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
