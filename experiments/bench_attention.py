@@ -393,9 +393,7 @@ def bench_train(repeats, devices: Devices, batch=32) -> list[dict]:
 def _devices_text(n: int) -> str:
     if n <= 1:
         return "JAX on one device (jax's default)"
-    return (
-        f"JAX on {n} devices (one per core, one thread each; inputs sharded over them), torch with {n} threads"
-    )
+    return f"JAX on {n} devices (one per core, one thread each; inputs sharded over them), torch with {n} threads"
 
 
 def _fmt_s(s):

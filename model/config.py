@@ -125,7 +125,9 @@ class ModelConfig(ConfigBase):
         if self.init_std <= 0:
             raise ValueError(f"ModelConfig.init_std={self.init_std}: must be positive")
         if self.pos_init_std is not None and self.pos_init_std <= 0:
-            raise ValueError(f"ModelConfig.pos_init_std={self.pos_init_std}: must be positive (or null for the default)")
+            raise ValueError(
+                f"ModelConfig.pos_init_std={self.pos_init_std}: must be positive (or null for the default)"
+            )
 
     # ------------------------------------------------------------------ helpers
     def check_length(self, length: int) -> None:

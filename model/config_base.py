@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from typing import Any, ClassVar, TypeVar
@@ -53,6 +54,28 @@ def is_allowed(value: Any, allowed: tuple[type, ...]) -> bool:
 
 
 @functools.cache
+def parse_value(text: str, allowed: tuple[type, ...], key: str, error: type[Exception] = ValueError) -> Any:
+    """``text`` (an override's VALUE) as one of the ``allowed`` types, by JSON-like rules, never eval.
+
+    'none'/'null' -> None, 'true'/'false' -> bool, integers, floats, quoted or bare strings, each only
+    where ``allowed`` has the type; otherwise ``error`` naming ``key`` and the types expected.
+    """
+    s = text.strip()
+    if type(None) in allowed and s.lower() in ("none", "null"):
+        return None
+    if bool in allowed and s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    if int in allowed and re.fullmatch(r"[-+]?\d+", s):
+        return int(s)
+    if float in allowed and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s):
+        return float(s)
+    if str in allowed:
+        if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+            return s[1:-1]
+        return text
+    raise error(f"override {key}={text!r}: expected {type_names(allowed, none='none')}")
+
+
 def field_types(cls: type) -> dict[str, tuple[type, ...]]:
     """Each field of the dataclass ``cls`` -> the types its annotation allows, in field order."""
     hints = typing.get_type_hints(cls)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from model.config import ModelConfig, get_preset
+from model.config_base import field_types, parse_value
 
 
 # ---------------------------------------------------------------------------- analytic
@@ -176,11 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = get_preset(args.preset)
         changes = {}
+        types_of = field_types(ModelConfig)
         for item in args.overrides:
             key, sep, value = item.partition("=")
+            name = key.strip().removeprefix("model.")
             if not sep:
                 raise ValueError(f"override {item!r} is not key=value")
-            changes[key.removeprefix("model.")] = _parse_value(value)
+            if name not in types_of:
+                raise ValueError(
+                    f"unknown key {key!r}: ModelConfig has no field {name!r}; known: {', '.join(types_of)}"
+                )
+            changes[name] = parse_value(value, types_of[name], key)
         cfg = cfg.replace(**changes)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -188,21 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     text, agree = format_report(cfg, args.preset)
     print(text)
     return 0 if agree else 1
-
-
-def _parse_value(text: str):
-    """'12' -> 12, '0.5' -> 0.5, 'true' -> True, 'none' -> None, anything else stays a string."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 if __name__ == "__main__":

@@ -132,9 +132,7 @@ def attention_patterns(model: Transformer, params, tokens: jax.Array) -> jax.Arr
     inter = state["intermediates"]
     if model.config.scan_layers:
         return inter["blocks"]["attention"]["attention_pattern"][0]
-    return jnp.stack(
-        [inter[f"block_{i}"]["attention"]["attention_pattern"][0] for i in range(model.config.n_layers)]
-    )
+    return jnp.stack([inter[f"block_{i}"]["attention"]["attention_pattern"][0] for i in range(model.config.n_layers)])
 
 
 def init_cache(model: Transformer, batch_size: int):

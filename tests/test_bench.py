@@ -119,7 +119,20 @@ def test_bench_attention_shards_over_devices_and_writes_its_table(tmp_path, caps
 
     out = tmp_path / "bench"
     res = bench_attention.main(
-        ["--only", "attention", "--impls", "chunked", "--T", "128", "--repeats", "1", "--devices", "2", "--out", str(out)]
+        [
+            "--only",
+            "attention",
+            "--impls",
+            "chunked",
+            "--T",
+            "128",
+            "--repeats",
+            "1",
+            "--devices",
+            "2",
+            "--out",
+            str(out),
+        ]
     )
     rows = res["attention"]
     assert {(r["impl"], r["mode"]) for r in rows} >= {("chunked", "fwd"), ("chunked", "fwd_bwd")}

@@ -26,7 +26,8 @@ from typing import Any
 
 from model.config import ModelConfig
 from model.config import get_preset as get_model_preset
-from model.config_base import ConfigBase, allowed_types, field_types, type_names
+from model.config_base import ConfigBase, allowed_types, field_types
+from model.config_base import parse_value as _parse_value
 from model.sharding import RULES, MeshConfig
 from train.data import DataConfig
 
@@ -411,22 +412,8 @@ TOP_LEVEL = ("name", "run_dir", "goal", "sharding")
 
 
 def parse_value(text: str, allowed: tuple[type, ...], key: str) -> Any:
-    """``text`` as a value of one of the ``allowed`` types (JSON-like rules, never eval); ConfigError if it is not."""
-    s = text.strip()
-    if type(None) in allowed and s.lower() in ("none", "null"):
-        return None
-    if bool in allowed:
-        if s.lower() in ("true", "false"):
-            return s.lower() == "true"
-    if int in allowed and re.fullmatch(r"[-+]?\d+", s):
-        return int(s)
-    if float in allowed and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s):
-        return float(s)
-    if str in allowed:
-        if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
-            return s[1:-1]
-        return text
-    raise ConfigError(f"override {key}={text!r}: expected {type_names(allowed, none='none')}")
+    """:func:`model.config_base.parse_value` raising ConfigError (a one-line message, exit code 2)."""
+    return _parse_value(text, allowed, key, ConfigError)
 
 
 def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
