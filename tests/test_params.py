@@ -64,3 +64,24 @@ def test_command_rejects_bad_input():
         [sys.executable, "-m", "model.params", "--preset", "tiny", "n_heads=3"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "n_heads=3 does not divide d_model=32" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("n_layers=abc", "override n_layers='abc': expected int"),
+        ("n_layerz=3", "unknown key 'n_layerz': ModelConfig has no field 'n_layerz'; known: vocab_size"),
+        ("n_layers", "override 'n_layers' is not key=value"),
+        ("model.embed_scale=maybe", "override model.embed_scale='maybe': expected bool"),
+    ],
+)
+def test_command_names_a_bad_override(override, says, capsys):
+    """The same value rules as train's overrides (model.config_base.parse_value), one line, exit code 2."""
+    assert main(["--preset", "tiny", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and says in err and "\n" not in err
+
+
+def test_command_takes_typed_overrides(capsys):
+    assert main(["--preset", "tiny", "model.n_kv_heads=2", "embed_scale=true", "d_head=none", "init_std=0.5"]) == 0
+    assert "analytic == eval_shape" in capsys.readouterr().out
