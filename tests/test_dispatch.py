@@ -172,3 +172,23 @@ def test_pallas_gradients_in_interpret_mode(platform, shape):
     )
     for a, b in zip(g, g_ref, strict=True):
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-5
+
+
+def test_cpu_devices_hint_only_for_chunked_on_one_device_of_many_cores():
+    hint = attn.cpu_devices_hint("cpu", "chunked", devices=1, cores=2)
+    assert "1 CPU device of 2 cores" in hint and "request_host_devices(2)" in hint and "\n" not in hint
+    assert attn.cpu_devices_hint("cpu", "chunked", devices=2, cores=2) is None  # already one device per core
+    assert attn.cpu_devices_hint("cpu", "chunked", devices=1, cores=1) is None  # nothing to gain
+    assert attn.cpu_devices_hint("cpu", "reference", devices=1, cores=2) is None  # short sequences: dense
+    assert attn.cpu_devices_hint("gpu", "chunked", devices=1, cores=2) is None
+
+
+def test_long_sequence_choice_logs_no_hint_with_eight_devices(monkeypatch, caplog):
+    """This test session has 8 CPU devices (conftest), so 'auto' -> chunked logs the choice and no hint."""
+    monkeypatch.setattr(attn, "_logged_choices", set())
+    q = jnp.zeros((1, 600, 2, 8))
+    with caplog.at_level(logging.INFO, logger="model.attention"):
+        attn.attention(q, q, q, causal=True, implementation="auto")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert "attention implementation 'auto' -> 'chunked' on backend 'cpu'" in msgs
+    assert not any("request_host_devices" in m for m in msgs)
