@@ -53,7 +53,6 @@ def is_allowed(value: Any, allowed: tuple[type, ...]) -> bool:
     return isinstance(value, allowed)
 
 
-@functools.cache
 def parse_value(text: str, allowed: tuple[type, ...], key: str, error: type[Exception] = ValueError) -> Any:
     """``text`` (an override's VALUE) as one of the ``allowed`` types, by JSON-like rules, never eval.
 
@@ -76,6 +75,7 @@ def parse_value(text: str, allowed: tuple[type, ...], key: str, error: type[Exce
     raise error(f"override {key}={text!r}: expected {type_names(allowed, none='none')}")
 
 
+@functools.cache
 def field_types(cls: type) -> dict[str, tuple[type, ...]]:
     """Each field of the dataclass ``cls`` -> the types its annotation allows, in field order."""
     hints = typing.get_type_hints(cls)
