@@ -311,16 +311,12 @@ def select_implementation(
     if (backend, choice) not in _logged_choices:
         _logged_choices.add((backend, choice))
         log.info("attention implementation 'auto' -> %r on backend %r", choice, backend)
-        hint = cpu_devices_hint(backend, choice, jax.local_device_count(), _cores())
+        from model.sharding import host_cores
+
+        hint = cpu_devices_hint(backend, choice, jax.local_device_count(), host_cores())
         if hint:
             log.info(hint)
     return choice
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_devices_hint(backend: str, choice: str, devices: int, cores: int) -> str | None:

@@ -41,6 +41,14 @@ from model.config_base import ConfigBase
 # in every layer, sequence parallelism in every attention, FSDP once per layer, data once per step).
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "sequence", "tensor")
 
+
+def host_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else os.cpu_count())."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 PARAM_NAMES = ("embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers")
 ACTIVATION_NAMES = ("batch", "length", "act_embed")
 LOGICAL_NAMES: tuple[str, ...] = ACTIVATION_NAMES + PARAM_NAMES

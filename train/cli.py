@@ -54,13 +54,6 @@ def tune_host() -> None:
     libc.mallopt(m_arena_max, 1)
 
 
-def host_cores() -> int:
-    """CPU cores this process may run on."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def request_host_devices(n: int) -> None:
     """Ask XLA for ``n`` CPU devices that run their ops on one thread each (one device per core).
 
@@ -97,6 +90,8 @@ def configure_xla(cfg) -> None:
     if mesh is None:
         return
     sizes = [getattr(mesh, f.name) for f in dataclasses.fields(mesh)]
+    from model.sharding import host_cores
+
     cores = host_cores()
     fixed = math.prod(s for s in sizes if s != -1)
     request_host_devices(fixed * max(1, cores // fixed) if -1 in sizes else fixed)
