@@ -66,8 +66,8 @@ class Transformer(nn.Module):
         # batch-sharded stream is a reshard the partitioner does badly); tensor parallelism keeps its vocab split.
         table = constrain(embed.embedding, ("vocab", None))  # [V, D]
         x = constrain(jnp.take(table, tokens, axis=0).astype(jnp.float32), ("batch", "length", "act_embed"))
-        if cfg.embed_scale:  # Vaswani et al. 3.4: embeddings times sqrt(d_model), before positions are added
-            x = x * jnp.sqrt(jnp.float32(cfg.d_model))
+        if cfg.embed_scale:  # Vaswani et al. 3.4: the embedding layers' weights times sqrt(d_model)
+            x = x * jnp.float32(cfg.embed_multiplier)
         if positions is None:
             if decode:  # the next position to fill is the number of tokens decoded so far
                 index = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
@@ -78,8 +78,10 @@ class Transformer(nn.Module):
             else:
                 positions = jnp.arange(t, dtype=jnp.int32)[None, :]  # [1, T]
         if cfg.positions == "learned":
-            table = self.param("pos_embed", _normal(cfg.pos_table_std), (cfg.max_len, cfg.d_model), pdt)
-            x = x + jnp.take(table, positions, axis=0).astype(jnp.float32)
+            scale = cfg.embed_multiplier  # a learned table is an embedding layer too: same scale, same speed
+            table = self.param("pos_embed", _normal(cfg.pos_table_std / scale), (cfg.max_len, cfg.d_model), pdt)
+            pos = jnp.take(table, positions, axis=0).astype(jnp.float32)
+            x = x + (pos * jnp.float32(scale) if cfg.embed_scale else pos)
         elif cfg.positions == "sinusoidal":
             x = x + jnp.take(jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model)), positions, axis=0)
         x = nn.Dropout(cfg.dropout, deterministic=not train)(x)

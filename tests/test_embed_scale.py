@@ -1,4 +1,7 @@
-"""ModelConfig.embed_scale: token embeddings times sqrt(d_model) before positions (Vaswani et al. 2017, 3.4).
+"""ModelConfig.embed_scale: the embedding layers' weights times sqrt(d_model) (Vaswani et al. 2017, 3.4).
+
+Both tables are scaled: tokens, and learned positions when the model has them (so under Adam both
+signals move at the same speed).
 
 Checked against a NumPy recomputation of the embedding stage, against an unscaled model given the scaled
 table (so only the lookup is scaled: the tied unembedding is not), for parameter counts, and for the
@@ -54,8 +57,8 @@ def test_embedding_stage_matches_numpy(positions, scale):
     e = np.asarray(params["embed"]["embedding"], np.float64)[np.asarray(toks)]
     if scale:
         e = e * np.sqrt(D)
-    if positions == "learned":
-        e = e + np.asarray(params["pos_embed"], np.float64)[:T]
+    if positions == "learned":  # an embedding layer too: scaled like the token table
+        e = e + np.asarray(params["pos_embed"], np.float64)[:T] * (np.sqrt(D) if scale else 1.0)
     elif positions == "sinusoidal":
         e = e + np.asarray(sinusoidal_table(cfg.max_len, D), np.float64)[:T]
     np.testing.assert_allclose(embedding_stage(cfg, params, toks), e, rtol=1e-6, atol=1e-6)
@@ -70,6 +73,8 @@ def test_scaled_model_equals_unscaled_model_given_the_scaled_table(positions):
     got = Transformer(cfg).apply({"params": params}, toks)
     table = params["embed"]["embedding"]
     naive = {**params, "embed": {"embedding": table * jnp.sqrt(jnp.float32(D))}, "unembed": table.T}
+    if positions == "learned":
+        naive["pos_embed"] = params["pos_embed"] * jnp.sqrt(jnp.float32(D))
     want = Transformer(cfg.replace(embed_scale=False, tie_embeddings=False)).apply({"params": naive}, toks)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     unscaled = Transformer(cfg.replace(embed_scale=False)).apply({"params": params}, toks)
@@ -118,11 +123,42 @@ def test_learned_position_table_starts_at_the_token_signal_scale(embed_scale, po
     )  # fmt: skip
     assert cfg.pos_table_std == pytest.approx(want)
     params = Transformer(cfg).init(jax.random.key(3), tokens())["params"]
+    scale = np.sqrt(256) if embed_scale else 1.0  # under embed_scale both tables are multiplied by sqrt(d_model)
     table = np.asarray(params["pos_embed"], np.float64)  # 131072 draws: the sample std is within 1% of the true one
-    assert np.std(table) == pytest.approx(want, rel=0.02)
-    token_std = np.std(np.asarray(params["embed"]["embedding"], np.float64)) * (np.sqrt(256) if embed_scale else 1.0)
-    if pos_init_std is None:  # the default: position and token signal start on the same footing
-        assert np.std(table) == pytest.approx(token_std, rel=0.15)
+    assert np.std(table) * scale == pytest.approx(want, rel=0.02)
+    token_table = np.asarray(params["embed"]["embedding"], np.float64)
+    if pos_init_std is None:  # the default: both tables drawn alike, so both signals start on the same footing
+        assert np.std(table) == pytest.approx(np.std(token_table), rel=0.15)
+
+
+@pytest.mark.parametrize("embed_scale", [False, True])
+def test_one_adam_step_moves_token_and_position_signals_alike(embed_scale):
+    """Adam's first step moves every parameter by the learning rate (update = lr * g / |g|), so the
+    signals move by lr times their table's multiplier: under embed_scale sqrt(D) for both tables.
+    An unscaled position table would move sqrt(D) times slower than the token signal it joins."""
+    import optax
+
+    from model.transformer import next_token_loss
+
+    cfg = CFG.replace(positions="learned", embed_scale=embed_scale)
+    params = random_params(cfg)
+    toks = tokens()
+
+    def loss(p):
+        return next_token_loss(Transformer(cfg).apply({"params": p}, toks), toks)
+
+    lr = 1e-3
+    opt = optax.adam(lr, eps=1e-30)
+    updates, _ = opt.update(jax.grad(loss)(params), opt.init(params), params)
+    new = optax.apply_updates(params, updates)
+
+    def signals(p):  # (token signal, position signal) entering the first block
+        token = embedding_stage(cfg, {**p, "pos_embed": jnp.zeros_like(p["pos_embed"])}, toks)
+        return token, embedding_stage(cfg, p, toks) - token
+
+    scale = np.sqrt(D) if embed_scale else 1.0
+    for name, before, after in zip(("token", "position"), signals(params), signals(new), strict=True):
+        np.testing.assert_allclose(np.abs(after - before), lr * scale, rtol=1e-3, err_msg=name)
 
 
 def test_pos_init_std_must_be_positive():

@@ -217,7 +217,8 @@ def test_positions_smoke(positions_smoke):
 
 
 def test_positions_signal_scales_read_the_trained_tables(positions_smoke):
-    """The RMS table recomputed by hand from the saved parameters: the token signal includes sqrt(d_model)."""
+    """The RMS table recomputed by hand from the saved parameters: both embedding layers' signals include
+    sqrt(d_model) (the smoke runs use embed_scale, as the full ones do)."""
     from train.sample import load_run
 
     _, r = positions_smoke
@@ -229,7 +230,10 @@ def test_positions_signal_scales_read_the_trained_tables(positions_smoke):
     e = scales["learned"]
     assert e["table"] == pytest.approx(np.sqrt(np.mean(table**2)))
     assert e["token"] == pytest.approx(e["table"] * np.sqrt(cfg.model.d_model))
-    assert e["position"] == pytest.approx(np.sqrt(np.mean(np.asarray(params["pos_embed"], np.float64) ** 2)))
+    assert cfg.model.embed_scale
+    raw = np.sqrt(np.mean(np.asarray(params["pos_embed"], np.float64) ** 2))
+    assert e["position_unscaled"] == pytest.approx(raw)
+    assert e["position"] == pytest.approx(raw * np.sqrt(cfg.model.d_model))
     assert scales["sinusoidal"]["position"] == pytest.approx(np.sqrt(0.5), rel=1e-3)  # sin^2 + cos^2 = 1 per pair
     assert scales["rotary"]["position"] == scales["none"]["position"] == 0.0
 
