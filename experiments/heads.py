@@ -141,14 +141,16 @@ def write_report(out: Path, results: dict[int, dict[str, Any]], command: str, sm
     kinds = {next((x.split("=", 1)[1] for x in r["sweep"].fixed if x.startswith("model.positions=")), None)
              for r in results.values()}  # fmt: skip
     kind = kinds.pop() if len(kinds) == 1 else None
+    notes = {
+        None: " (the preset's learned table).",
+        "rotary": " (`--positions`; a head of width d_head rotates d_head/2 frequency pairs, so the narrowest "
+        "heads have the fewest relative-position frequencies).",
+    }
+    extra = sorted({x for r in results.values() for x in r["sweep"].fixed if x.startswith("model.embed_scale=")})
     rep.text(
         f"Positions: **{kind or 'learned'}**"
-        + (
-            " (`--positions`; with rotary positions a head of width d_head rotates d_head/2 frequency pairs, "
-            "so the narrowest heads have the fewest relative-position frequencies)."
-            if kind
-            else " (the preset's learned table)."
-        )
+        + notes.get(kind, " (`--positions`).")
+        + (f" Also set for every run: {', '.join(extra)}." if extra else "")
         + " Each width is its own sweep and its claims are evaluated separately: "
         + "; ".join(
             f"**d_model {w}**{' (the nanoGPT preset)' if w == 128 else ''}: {results[w]['steps']} steps per run"

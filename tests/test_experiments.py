@@ -202,6 +202,20 @@ def test_heads_smoke(heads_smoke):
     assert set(saved["widths"]) == {"32", "16"}
 
 
+def test_heads_report_names_the_position_kind_and_extra_settings(tmp_path):
+    """With --positions and --set the report says what every run had (not the rotary note, not 'learned')."""
+    out = tmp_path / "heads"
+    heads.main(
+        ["--smoke", "--out", str(out), "--positions", "sinusoidal", "--set", "model.embed_scale=true", *INPROCESS]
+    )
+    text = (out / "report.md").read_text()
+    assert "Positions: **sinusoidal** (`--positions`). Also set for every run: model.embed_scale=true." in text
+    assert "frequency pairs" not in text and "learned table" not in text
+    configs = [json.loads(p.read_text()) for p in out.glob("d*/runs/*/config.json")]
+    assert len(configs) == 3
+    assert all(c["model"]["positions"] == "sinusoidal" and c["model"]["embed_scale"] is True for c in configs)
+
+
 @pytest.fixture(scope="module")
 def positions_smoke(tmp_path_factory):
     return smoke_run(tmp_path_factory, positions)
