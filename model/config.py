@@ -54,8 +54,8 @@ class ModelConfig(ConfigBase):
     remat: str = "none"  # rematerialisation of each block: 'none' | 'full' | 'dots' (save matmul outputs)
     attention_impl: str = "auto"  # see model.attention.attention: 'auto' | 'reference' | 'xla' | 'chunked' ...
     init_std: float = 0.02  # std of the normal initialiser of matrices (GPT-2)
-    embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, 3.4)
-    pos_init_std: float | None = None  # std of the learned position table; None: see pos_table_std
+    embed_scale: bool = False  # embedding tables (tokens, learned positions) times sqrt(d_model) (Vaswani 3.4)
+    pos_init_std: float | None = None  # initial std of the learned position signal; None: see pos_table_std
 
     # ------------------------------------------------------------------ derived sizes
     @property
