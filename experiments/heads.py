@@ -24,6 +24,7 @@ validation loss (acceptance); one head worse than the best multi-head setting, a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,18 @@ def paper_cells(h: int) -> list[str | None]:
     return [f"{PAPER[h][0]:.2f}", f"{PAPER[h][1]:.1f}"] if h in PAPER else [None, None]
 
 
-def write_report(out: Path, results: dict[int, dict[str, Any]], command: str, smoke: bool):
-    """One report for every width: ``results`` maps d_model -> {"sweep", "rows", "steps"}."""
+def write_report(
+    out: Path,
+    results: dict[int, dict[str, Any]],
+    command: str,
+    smoke: bool,
+    positions: str | None = None,
+    settings: Sequence[str] = (),
+):
+    """One report for every width: ``results`` maps d_model -> {"sweep", "rows", "steps"}.
+
+    ``positions`` and ``settings`` are what ``--positions`` and ``--set`` gave every run (named in the report).
+    """
     plt = pyplot()
     widths = list(results)
     summaries = {w: summarise(r["rows"], d_model_of(r["sweep"])) for w, r in results.items()}
@@ -138,19 +149,15 @@ def write_report(out: Path, results: dict[int, dict[str, Any]], command: str, sm
     for w in widths:
         for c in claims(summaries[w], f"d_model {w}: "):
             rep.claim(c)
-    kinds = {next((x.split("=", 1)[1] for x in r["sweep"].fixed if x.startswith("model.positions=")), None)
-             for r in results.values()}  # fmt: skip
-    kind = kinds.pop() if len(kinds) == 1 else None
     notes = {
         None: " (the preset's learned table).",
         "rotary": " (`--positions`; a head of width d_head rotates d_head/2 frequency pairs, so the narrowest "
         "heads have the fewest relative-position frequencies).",
     }
-    extra = sorted({x for r in results.values() for x in r["sweep"].fixed if x.startswith("model.embed_scale=")})
     rep.text(
-        f"Positions: **{kind or 'learned'}**"
-        + notes.get(kind, " (`--positions`).")
-        + (f" Also set for every run: {', '.join(extra)}." if extra else "")
+        f"Positions: **{positions or 'learned'}**"
+        + notes.get(positions, " (`--positions`).")
+        + (f" Also set for every run: {', '.join(settings)}." if settings else "")
         + " Each width is its own sweep and its claims are evaluated separately: "
         + "; ".join(
             f"**d_model {w}**{' (the nanoGPT preset)' if w == 128 else ''}: {results[w]['steps']} steps per run"
@@ -304,7 +311,7 @@ def main(argv: list[str] | None = None):
         results[w] = {"sweep": sweep, "rows": rows, "steps": steps}
     if not results:
         return None
-    path, rep = write_report(out, results, command_line(NAME, argv), args.smoke)
+    path, rep = write_report(out, results, command_line(NAME, argv), args.smoke, args.positions, args.set)
     print_summary(rep, path)
     return {"report": path, "claims": rep.claims, "rows": [x for r in results.values() for x in r["rows"]]}
 

@@ -80,8 +80,7 @@ class Transformer(nn.Module):
         if cfg.positions == "learned":
             scale = cfg.embed_multiplier  # a learned table is an embedding layer too: same scale, same speed
             table = self.param("pos_embed", _normal(cfg.pos_table_std / scale), (cfg.max_len, cfg.d_model), pdt)
-            pos = jnp.take(table, positions, axis=0).astype(jnp.float32)
-            x = x + (pos * jnp.float32(scale) if cfg.embed_scale else pos)
+            x = x + jnp.take(table, positions, axis=0).astype(jnp.float32) * jnp.float32(scale)
         elif cfg.positions == "sinusoidal":
             x = x + jnp.take(jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model)), positions, axis=0)
         x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
