@@ -23,6 +23,7 @@ VALUE_MAPS = ("factored", "full")
 NORMS = ("layernorm", "rmsnorm")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots")
+GELUS = ("tanh", "exact")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ModelConfig(ConfigBase):
     attention_dropout: float = 0.0  # dropout on the attention pattern (forces the 'reference' path in training)
     tie_embeddings: bool = True  # unembedding = embedding transposed (nanoGPT, GPT-2) or its own matrix
     norm: str = "layernorm"  # 'layernorm' | 'rmsnorm'
+    norm_eps: float = 1e-6  # epsilon of every LayerNorm/RMSNorm (Flax's default; GPT-2 uses 1e-5)
+    gelu: str = "tanh"  # the MLP's GELU: 'tanh' approximation (GPT-2's gelu_new) | 'exact' (erf)
     use_bias: bool = False  # biases in projections and norms (GPT-2/3 have them; nanoGPT's runs do not)
     dtype: str = "float32"  # compute dtype of matmuls; softmax, norms and the loss stay float32
     param_dtype: str = "float32"  # storage dtype of parameters
@@ -123,6 +126,7 @@ class ModelConfig(ConfigBase):
             ("param_dtype", DTYPES),
             ("remat", REMAT),
             ("attention_impl", IMPLEMENTATIONS),
+            ("gelu", GELUS),
         ]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: unknown; choose one of {allowed}")
@@ -131,6 +135,8 @@ class ModelConfig(ConfigBase):
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)}: must be in [0, 1)")
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"ModelConfig.d_head={self.head_dim}: rotary positions need an even head width")
+        if not 0.0 < self.norm_eps < 1.0:
+            raise ValueError(f"ModelConfig.norm_eps={self.norm_eps}: must be in (0, 1), e.g. 1e-5 (GPT-2) or 1e-6")
         if self.init_std <= 0:
             raise ValueError(f"ModelConfig.init_std={self.init_std}: must be positive")
         if self.pos_init_std is not None and self.pos_init_std <= 0:

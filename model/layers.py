@@ -56,9 +56,15 @@ def _normal(std: float):
 def make_norm(config: ModelConfig, name: str) -> nn.Module:
     """LayerNorm or RMSNorm over the model width, computed in float32."""
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(dtype=jnp.float32, param_dtype=dtype_of(config.param_dtype), name=name)
+        return nn.RMSNorm(
+            epsilon=config.norm_eps, dtype=jnp.float32, param_dtype=dtype_of(config.param_dtype), name=name
+        )
     return nn.LayerNorm(
-        use_bias=config.use_bias, dtype=jnp.float32, param_dtype=dtype_of(config.param_dtype), name=name
+        epsilon=config.norm_eps,
+        use_bias=config.use_bias,
+        dtype=jnp.float32,
+        param_dtype=dtype_of(config.param_dtype),
+        name=name,
     )
 
 
@@ -155,7 +161,7 @@ class MultiHeadAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Two-layer perceptron applied at every position: D -> d_mlp -> D with GELU."""
+    """Two-layer perceptron applied at every position: D -> d_mlp -> D with GELU (``config.gelu``)."""
 
     config: ModelConfig
 
@@ -171,7 +177,7 @@ class MLP(nn.Module):
         h = attn.matmul_rows(x.astype(cdt), fc_in.astype(cdt))
         if cfg.use_bias:
             h = h + self.param("fc_in_bias", zeros, (cfg.mlp_dim,), pdt).astype(cdt)
-        h = constrain(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
+        h = constrain(nn.gelu(h, approximate=cfg.gelu == "tanh"), ("batch", "length", "mlp"))
         y = attn.matmul_rows(h, fc_out.astype(cdt))
         if cfg.use_bias:
             y = y + self.param("fc_out_bias", zeros, (cfg.d_model,), pdt).astype(cdt)
