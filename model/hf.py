@@ -179,7 +179,42 @@ def read_tensors(directory: Path) -> dict[str, np.ndarray]:
         )
     out: dict[str, np.ndarray] = {}
     for f in files:
-        out.update(load_file(str(f)))
+        try:
+            out.update(load_file(str(f)))
+        except Exception as e:  # NumPy has no bfloat16: safetensors.numpy refuses BF16 files
+            try:
+                header, _ = _header(f)
+            except (OSError, ValueError):
+                header = {}
+            if not any(isinstance(v, dict) and v.get("dtype") == "BF16" for v in header.values()):
+                raise HFFormatError(f"{f.name}: cannot read ({type(e).__name__}: {' '.join(str(e).split())})") from None
+            out.update(_read_bf16(f))
+    return out
+
+
+def _header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's JSON header and where its data starts (after the 8-byte size and the header)."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(n)), 8 + n
+
+
+def _read_bf16(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file with bfloat16 tensors, read directly into float32."""
+    import ml_dtypes
+
+    dtypes = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
+    header, start = _header(path)
+    data = np.memmap(path, np.uint8, mode="r")
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in dtypes:
+            raise HFFormatError(f"tensor {name}: dtype {info['dtype']} is not a float type")
+        a, b = info["data_offsets"]
+        buf = np.asarray(data[start + a : start + b])
+        out[name] = buf.view(dtypes[info["dtype"]]).reshape(info["shape"]).astype(np.float32)
     return out
 
 

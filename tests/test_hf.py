@@ -103,6 +103,26 @@ def test_unprefixed_names_and_sharded_index(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
+def test_bfloat16_checkpoint(tmp_path):
+    """NumPy has no bfloat16, so safetensors.numpy cannot read BF16 files; ours reads them as float32."""
+    import ml_dtypes
+
+    tensors = hf.read_tensors(TINY)
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        raw = t.astype(ml_dtypes.bfloat16).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    (tmp_path / hf.WEIGHTS).write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+    shutil.copy(TINY / hf.CONFIG, tmp_path / hf.CONFIG)
+    _, got = hf.load(tmp_path)
+    _, want = hf.load(TINY)
+    rounded = jax.tree.map(lambda a: np.asarray(a).astype(ml_dtypes.bfloat16).astype(np.float32), want)
+    jax.tree.map(np.testing.assert_array_equal, got, rounded)
+
+
 # ---------------------------------------------------------------------------- errors
 def broken_copy(tmp_path, config=None, tensors=None) -> Path:
     """A copy of the fixture with ``config`` keys changed and ``tensors`` (name -> array or None) changed."""
@@ -173,6 +193,24 @@ def test_untied_lm_head_round_trips(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
+def test_new_config_fields_are_validated():
+    assert (ModelConfig().norm_eps, ModelConfig().gelu) == (1e-6, "tanh")  # the defaults before GPT-2
+    with pytest.raises(ValueError, match="ModelConfig.norm_eps=0"):
+        ModelConfig(norm_eps=0.0)
+    with pytest.raises(ValueError, match="ModelConfig.gelu='relu'"):
+        ModelConfig(gelu="relu")
+
+
+def test_gelu_and_eps_reach_the_model():
+    """Each new field changes the logits: they are wired into the MLP and every norm."""
+    cfg = OURS.replace(norm_eps=1e-6)
+    params = random_params(cfg)
+    tokens = np.arange(8)[None] % cfg.vocab_size
+    base = logits_of(cfg, params, tokens)
+    for change in (dict(gelu="exact"), dict(norm_eps=1e-1)):
+        assert np.max(np.abs(logits_of(cfg.replace(**change), params, tokens) - base)) > 1e-4, change
+
+
 # ---------------------------------------------------------------------------- command line
 def test_inspect_prints_config_and_table(capsys):
     assert hf.main(["inspect", str(TINY)]) == 0
@@ -215,9 +253,10 @@ def test_regenerated_fixture_matches_and_transformers_loads_our_save(tmp_path):
     diff = np.max(np.abs(mk.hf_logits(from_pretrained(tmp_path / "ours"), tokens) - ours))
     print(f"transformers on our save of the fixture: max |diff| = {diff:.2e}")
     assert diff < TOL
-    mine = random_params(OURS)
-    hf.save(OURS, mine, tmp_path / "mine")
     ids = np.random.default_rng(2).integers(0, OURS.vocab_size, (2, OURS.max_len))
-    diff = np.max(np.abs(mk.hf_logits(from_pretrained(tmp_path / "mine"), ids) - logits_of(OURS, mine, ids)))
-    print(f"transformers on our save of a model of ours: max |diff| = {diff:.2e}")
-    assert diff < TOL
+    for i, mine in enumerate([OURS, OURS.replace(gelu="exact", tie_embeddings=False, d_mlp=48)]):
+        p = random_params(mine)
+        hf.save(mine, p, tmp_path / f"mine{i}")
+        diff = np.max(np.abs(mk.hf_logits(from_pretrained(tmp_path / f"mine{i}"), ids) - logits_of(mine, p, ids)))
+        print(f"transformers on our save of a model of ours (gelu {mine.gelu}): max |diff| = {diff:.2e}")
+        assert diff < TOL
