@@ -183,6 +183,24 @@ def test_no_directory_is_one_line(tmp_path):
             hf.load("gpt2")
 
 
+def test_named_model_through_the_hub(monkeypatch):
+    """A name goes to huggingface_hub.snapshot_download; offline it is one line saying to pass a directory."""
+    import types
+
+    def offline(repo_id, **kw):
+        raise ConnectionError("no network\nsecond line")
+
+    hub = types.ModuleType("huggingface_hub")
+    hub.snapshot_download = offline
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    with pytest.raises(hf.HFFormatError, match="cannot download 'gpt2' .*offline\\? pass a local directory") as e:
+        hf.load("gpt2")
+    assert "\n" not in str(e.value)
+    hub.snapshot_download = lambda repo_id, **kw: str(TINY) if repo_id == "openai-community/gpt2" else offline(repo_id)
+    cfg, _ = hf.load("openai-community/gpt2")
+    assert cfg.vocab_size == 1000
+
+
 def test_untied_lm_head_round_trips(tmp_path):
     cfg = OURS.replace(tie_embeddings=False)
     params = random_params(cfg)
