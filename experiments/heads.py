@@ -42,9 +42,8 @@ from experiments.common import (
     seed_losses,
     shakespeare_overrides,
     val_curve,
-    with_set,
 )
-from experiments.sweep import Sweep, run_for_experiment
+from experiments.sweep import Sweep, run_for_experiment, with_set
 
 NAME = "heads"
 HEADS = (1, 2, 4, 8, 16, 32)

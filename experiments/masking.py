@@ -42,9 +42,8 @@ from experiments.common import (
     print_summary,
     pyplot,
     shakespeare_overrides,
-    with_set,
 )
-from experiments.sweep import Sweep, run_for_experiment
+from experiments.sweep import Sweep, run_for_experiment, with_set
 
 NAME = "masking"
 STEPS = 1000

@@ -20,7 +20,7 @@ a loss, 256 labels per batch). Zoology's batch size, 256, gives 4x the labels pe
 is one relative offset), 1000 steps.
 
 Claims (acceptance): 2 layers reach val accuracy >= 0.95 within 2000 steps; 1 layer stays <= 0.4.
-Every point is a `python -m train --config mqar ...` run of a sweep (experiments/sweep.py).
+Every point is a `python -m train --config mqar ...` run of a sweep (experiments/sweep/).
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ from experiments.common import (
     experiment_parser,
     print_summary,
     pyplot,
-    with_set,
 )
-from experiments.sweep import Sweep, run_for_experiment
+from experiments.sweep import Sweep, run_for_experiment, with_set
 
 NAME = "mqar"
 STEPS = 1000  # the claim allows 2000; the 2-layer pilot passed 0.95 by step 300

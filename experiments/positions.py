@@ -31,10 +31,9 @@ from experiments.common import (
     runs_note,
     seed_losses,
     shakespeare_overrides,
-    sweep_experiment_main,
     val_curve,
 )
-from experiments.sweep import Sweep
+from experiments.sweep import Sweep, sweep_experiment_main
 
 NAME = "positions"
 STEPS = 1500  # nanoGPT's CPU run uses 2000; 8 runs of 1500 (~60 ms/step) fit ~15 CPU minutes on this machine

@@ -28,10 +28,9 @@ from experiments.common import (
     runs_note,
     seed_losses,
     shakespeare_overrides,
-    sweep_experiment_main,
     val_curve,
 )
-from experiments.sweep import Sweep
+from experiments.sweep import Sweep, sweep_experiment_main
 
 NAME = "value_map"
 STEPS = 500  # nanoGPT's CPU run uses 2000; a quarter keeps 4 runs well within the budget of this shared machine
