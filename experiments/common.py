@@ -142,6 +142,14 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it to ``path`` and close it; returns ``path`` (for :meth:`Report.figure`)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def seed_losses(rows: Sequence[dict[str, Any]], key: str, metric: str = "val_loss") -> dict[str, dict[str, Any]]:
     """Finished sweep rows grouped by ``row[key]`` (first-seen order): ``{value: {"losses": {seed: metric},
     "mean": seed mean, "pm": half the range over seeds}}``."""

@@ -37,6 +37,7 @@ from experiments.common import (
     loglog_slope,
     print_summary,
     pyplot,
+    save_figure,
 )
 
 NAME = "context"
@@ -153,11 +154,11 @@ def write_report(out: Path, rows, sl, args, command: str) -> tuple[Path, Report]
             )
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "context.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "time (top) and XLA scratch memory (bottom) against T, log-log, with fitted slopes", out)
+    rep.figure(
+        save_figure(fig, out / "context.png"),
+        "time (top) and XLA scratch memory (bottom) against T, log-log, with fitted slopes",
+        out,
+    )
     rep.data = {"rows": rows, "slopes": {f"{i}/{m}": v for (i, m), v in sl.items()}}
     return rep.write(out), rep
 

@@ -39,6 +39,7 @@ from experiments.common import (
     print_summary,
     pyplot,
     runs_note,
+    save_figure,
     seed_losses,
     shakespeare_overrides,
     val_curve,
@@ -244,10 +245,7 @@ def write_report(
     axes[1].set(xlabel="heads h", ylabel="dev perplexity", title="paper: WMT14 En-De, d_model 512 (Table 3, rows A)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "heads.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, out / "heads.png")
     rep.figure(
         path,
         "final validation loss against the number of heads at each width (left), the paper's dev perplexity (right)",
@@ -264,11 +262,7 @@ def write_report(
         ax.set(xlabel="step", ylabel="val loss", title=f"d_model {w}: validation loss (seed {seed0})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "curves_heads.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "validation loss during training, one panel per width", out)
+    rep.figure(save_figure(fig, out / "curves_heads.png"), "validation loss during training, one panel per width", out)
     rep.data = {
         "widths": {
             str(w): {

@@ -41,6 +41,7 @@ from experiments.common import (
     experiment_parser,
     print_summary,
     pyplot,
+    save_figure,
     shakespeare_overrides,
 )
 from experiments.sweep import Sweep, run_for_experiment, with_set
@@ -212,11 +213,11 @@ def write_report(out: Path, sweep: Sweep, rows, res, command: str, smoke: bool):
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "masking.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "left: loss during training; right: validation loss by position, full pass vs token by token", out)
+    rep.figure(
+        save_figure(fig, out / "masking.png"),
+        "left: loss during training; right: validation loss by position, full pass vs token by token",
+        out,
+    )
     rep.heading("Samples (prompt | generated, temperature 1)")
     for k in ("masked", "unmasked"):
         rep.text(f"**{k}**, {len(res[k]['long_sample'])} characters:")

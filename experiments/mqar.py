@@ -37,6 +37,7 @@ from experiments.common import (
     experiment_parser,
     print_summary,
     pyplot,
+    save_figure,
 )
 from experiments.sweep import Sweep, run_for_experiment, with_set
 
@@ -158,11 +159,11 @@ def write_report(out: Path, sweep: Sweep, rows: list[dict[str, Any]], command: s
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "validation accuracy on the query positions against step (dashed: 0.95)", out)
+    rep.figure(
+        save_figure(fig, out / "accuracy.png"),
+        "validation accuracy on the query positions against step (dashed: 0.95)",
+        out,
+    )
     for r in ok:
         if r["model.n_layers"] == "2":
             rep.figure(
