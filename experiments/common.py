@@ -305,11 +305,14 @@ def add_steps_and_seeds(p: argparse.ArgumentParser, steps: int | None, seeds: Se
     p.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=f"training seeds (default {seeds})")
 
 
-def print_summary(report: Report, path: Path) -> None:
-    """The claims on the terminal and where the report is."""
+def finish(written: tuple[Path, Report], **results: Any) -> dict[str, Any]:
+    """An experiment's last step, given what its write_report returned: the claims on the terminal and where the
+    report is. Returns what its main() returns: ``{"report": path, "claims": [...], **results}``."""
+    path, report = written
     for c in report.claims:
         print(c.line().replace("**", ""))
     print(f"report: {path}")
+    return {"report": path, "claims": report.claims, **results}
 
 
 # ---------------------------------------------------------------------------- tiny Shakespeare settings

@@ -34,8 +34,8 @@ from experiments.common import (
     command_line,
     default_out,
     experiment_parser,
+    finish,
     loglog_slope,
-    print_summary,
     pyplot,
     save_figure,
 )
@@ -180,9 +180,7 @@ def main(argv: list[str] | None = None):
     out.mkdir(parents=True, exist_ok=True)
     rows = measure(args.T, args.impls, args.B, args.H, args.Dh, args.repeats, args.max_gib * GiB)
     sl = slopes(rows, args.impls, args.fit_from)
-    path, rep = write_report(out, rows, sl, args, command_line(NAME, argv))
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows, "slopes": sl}
+    return finish(write_report(out, rows, sl, args, command_line(NAME, argv)), rows=rows, slopes=sl)
 
 
 if __name__ == "__main__":

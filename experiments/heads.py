@@ -36,7 +36,7 @@ from experiments.common import (
     default_out,
     experiment_parser,
     failed_note,
-    print_summary,
+    finish,
     pyplot,
     runs_note,
     save_figure,
@@ -304,9 +304,10 @@ def main(argv: list[str] | None = None):
         results[w] = {"sweep": sweep, "rows": rows, "steps": steps}
     if not results:
         return None
-    path, rep = write_report(out, results, command_line(NAME, argv), args.smoke, args.positions, args.set)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": [x for r in results.values() for x in r["rows"]]}
+    return finish(
+        write_report(out, results, command_line(NAME, argv), args.smoke, args.positions, args.set),
+        rows=[x for r in results.values() for x in r["rows"]],
+    )
 
 
 if __name__ == "__main__":

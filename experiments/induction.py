@@ -43,16 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import (
-    Claim,
-    Report,
-    command_line,
-    default_out,
-    experiment_parser,
-    print_summary,
-    pyplot,
-    save_figure,
-)
+from experiments.common import Claim, Report, command_line, default_out, experiment_parser, finish, pyplot, save_figure
 from model.config import ModelConfig
 from model.transformer import attention_patterns
 from train.config import RunConfig, TrainConfig
@@ -482,9 +473,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     out = default_out(NAME, args)
     results = run(out, args.smoke)
-    path, rep = write_report(out, results, command_line(NAME, argv), args.smoke)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "results": results}
+    return finish(write_report(out, results, command_line(NAME, argv), args.smoke), results=results)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from experiments.common import (
     default_out,
     eval_records,
     experiment_parser,
-    print_summary,
+    finish,
     pyplot,
     save_figure,
     shakespeare_overrides,
@@ -236,9 +236,7 @@ def main(argv: list[str] | None = None):
     if rows is None:
         return None
     res = run(out, sweep, rows, args.smoke)
-    path, rep = write_report(out, sweep, rows, res, command_line(NAME, argv), args.smoke)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "results": res}
+    return finish(write_report(out, sweep, rows, res, command_line(NAME, argv), args.smoke), results=res)
 
 
 if __name__ == "__main__":

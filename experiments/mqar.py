@@ -35,7 +35,7 @@ from experiments.common import (
     default_out,
     eval_records,
     experiment_parser,
-    print_summary,
+    finish,
     pyplot,
     save_figure,
 )
@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None):
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None
-    path, rep = write_report(out, sweep, rows, command_line(NAME, argv), args.smoke)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows}
+    return finish(write_report(out, sweep, rows, command_line(NAME, argv), args.smoke), rows=rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.common import add_steps_and_seeds, command_line, default_out, experiment_parser, print_summary
+from experiments.common import add_steps_and_seeds, command_line, default_out, experiment_parser, finish
 from experiments.sweep.results import slurm_script
 from experiments.sweep.run import print_commands, run_sweep
 from experiments.sweep.spec import Sweep, SweepError, write_spec
@@ -67,6 +67,4 @@ def sweep_experiment_main(name: str, doc: str | None, argv, steps: int, seeds: S
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None
-    path, rep = write_report(out, sweep, rows, command_line(name, argv), args.smoke, args.steps)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows}
+    return finish(write_report(out, sweep, rows, command_line(name, argv), args.smoke, args.steps), rows=rows)
