@@ -68,27 +68,6 @@ def experiment_parser(name: str, doc: str | None, *, sweep: bool = True) -> argp
     return p
 
 
-def with_set(sweep, args: argparse.Namespace):
-    """``sweep`` with the ``--set KEY=VALUE`` overrides added to every run, every point's config checked.
-
-    A bad override (an unknown key or value, one of the sweep's axes, no '=') is a one-line error and
-    exit code 2 before anything is trained.
-    """
-    import dataclasses
-
-    from experiments.sweep import SweepError
-
-    if not getattr(args, "set", None):
-        return sweep
-    try:
-        sweep = dataclasses.replace(sweep, fixed=(*sweep.fixed, *args.set))
-        sweep.check()  # every point's config resolves: a bad key or value is named now, not per run
-    except SweepError as e:
-        print(f"error: --set: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return sweep
-
-
 def default_out(name: str, args: argparse.Namespace) -> Path:
     return args.out if args.out is not None else Path("runs") / (f"{name}-smoke" if args.smoke else name)
 
@@ -161,6 +140,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it to ``path`` and close it; returns ``path`` (for :meth:`Report.figure`)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def seed_losses(rows: Sequence[dict[str, Any]], key: str, metric: str = "val_loss") -> dict[str, dict[str, Any]]:
@@ -318,30 +305,14 @@ def add_steps_and_seeds(p: argparse.ArgumentParser, steps: int | None, seeds: Se
     p.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=f"training seeds (default {seeds})")
 
 
-def sweep_experiment_main(name: str, doc: str | None, argv, steps: int, seeds: Sequence[int], make_sweep, write_report):
-    """The main() of an experiment that is one sweep: parse --steps/--seeds and the shared options, run the
-    sweep (or print its commands), write the report, print the claims. Returns report path, claims and rows
-    (None when nothing was trained here)."""
-    from experiments.sweep import run_for_experiment  # experiments.sweep imports this module
-
-    p = experiment_parser(name, doc)
-    add_steps_and_seeds(p, steps, seeds)
-    args = p.parse_args(argv)
-    out = default_out(name, args)
-    sweep = with_set(make_sweep(args.smoke, out, args.steps, args.seeds), args)
-    rows = run_for_experiment(sweep, out, args)
-    if rows is None:
-        return None
-    path, rep = write_report(out, sweep, rows, command_line(name, argv), args.smoke, args.steps)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows}
-
-
-def print_summary(report: Report, path: Path) -> None:
-    """The claims on the terminal and where the report is."""
+def finish(written: tuple[Path, Report], **results: Any) -> dict[str, Any]:
+    """An experiment's last step, given what its write_report returned: the claims on the terminal and where the
+    report is. Returns what its main() returns: ``{"report": path, "claims": [...], **results}``."""
+    path, report = written
     for c in report.claims:
         print(c.line().replace("**", ""))
     print(f"report: {path}")
+    return {"report": path, "claims": report.claims, **results}
 
 
 # ---------------------------------------------------------------------------- tiny Shakespeare settings

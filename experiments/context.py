@@ -10,9 +10,9 @@ materialise it; 'chunked' (model/kernels/chunked.py: online softmax over key blo
 2021 / FlashAttention's recurrence) keeps O(T) memory while time stays O(T^2).
 
 Time: median of --repeats calls after a warm-up, implementations interleaved
-(experiments/bench_attention.py's ``time_interleaved``). Memory: XLA's scratch bytes for the
+(experiments/bench/measure.py's ``time_interleaved``). Memory: XLA's scratch bytes for the
 compiled call beyond inputs and outputs (``compile().memory_analysis().temp_size_in_bytes``,
-bench_attention's ``temp_bytes``): deterministic, so its slopes are exact properties of the
+``temp_bytes`` there): deterministic, so its slopes are exact properties of the
 programs. Slopes: least squares on log-log axes (``np.polyfit``) over the --fit-from largest T.
 
 Claims (reported; the issue sets no threshold): the materialising reference attention's memory
@@ -27,30 +27,29 @@ from typing import Any
 
 import jax
 
+from experiments.bench.measure import GiB, inputs, jax_fns, temp_bytes, time_interleaved
 from experiments.common import (
     Claim,
     Report,
     command_line,
     default_out,
     experiment_parser,
+    finish,
     loglog_slope,
-    print_summary,
     pyplot,
+    save_figure,
 )
 
 NAME = "context"
-GiB = 1024**3
 
 
 def measure(ts, impls, b: int, h: int, dh: int, repeats: int, max_bytes: float, log=print) -> list[dict[str, Any]]:
     """One row per (T, implementation, mode): seconds (None if skipped) and XLA scratch bytes."""
-    from experiments.bench_attention import jax_fns, temp_bytes, time_interleaved
     from model.attention import select_implementation
 
     rows = []
     for t in ts:
-        keys = jax.random.split(jax.random.key(0), 3)
-        q, k, v = (jax.random.normal(key, (b, t, h, dh), jax.numpy.float32) for key in keys)  # [B, T, H, Dh]
+        q, k, v = inputs(b, t, h, dh)  # [B, T, H, Dh]
         auto = select_implementation(q.shape, q.dtype, k_len=t, causal=True)
         for mode_i, mode in enumerate(("fwd", "fwd_bwd")):
             calls, mem = {}, {}
@@ -155,11 +154,11 @@ def write_report(out: Path, rows, sl, args, command: str) -> tuple[Path, Report]
             )
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "context.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "time (top) and XLA scratch memory (bottom) against T, log-log, with fitted slopes", out)
+    rep.figure(
+        save_figure(fig, out / "context.png"),
+        "time (top) and XLA scratch memory (bottom) against T, log-log, with fitted slopes",
+        out,
+    )
     rep.data = {"rows": rows, "slopes": {f"{i}/{m}": v for (i, m), v in sl.items()}}
     return rep.write(out), rep
 
@@ -181,9 +180,7 @@ def main(argv: list[str] | None = None):
     out.mkdir(parents=True, exist_ok=True)
     rows = measure(args.T, args.impls, args.B, args.H, args.Dh, args.repeats, args.max_gib * GiB)
     sl = slopes(rows, args.impls, args.fit_from)
-    path, rep = write_report(out, rows, sl, args, command_line(NAME, argv))
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows, "slopes": sl}
+    return finish(write_report(out, rows, sl, args, command_line(NAME, argv)), rows=rows, slopes=sl)
 
 
 if __name__ == "__main__":

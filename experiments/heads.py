@@ -36,15 +36,15 @@ from experiments.common import (
     default_out,
     experiment_parser,
     failed_note,
-    print_summary,
+    finish,
     pyplot,
     runs_note,
+    save_figure,
     seed_losses,
     shakespeare_overrides,
     val_curve,
-    with_set,
 )
-from experiments.sweep import Sweep, run_for_experiment
+from experiments.sweep import Sweep, run_for_experiment, with_set
 
 NAME = "heads"
 HEADS = (1, 2, 4, 8, 16, 32)
@@ -245,10 +245,7 @@ def write_report(
     axes[1].set(xlabel="heads h", ylabel="dev perplexity", title="paper: WMT14 En-De, d_model 512 (Table 3, rows A)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "heads.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, out / "heads.png")
     rep.figure(
         path,
         "final validation loss against the number of heads at each width (left), the paper's dev perplexity (right)",
@@ -265,11 +262,7 @@ def write_report(
         ax.set(xlabel="step", ylabel="val loss", title=f"d_model {w}: validation loss (seed {seed0})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "curves_heads.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "validation loss during training, one panel per width", out)
+    rep.figure(save_figure(fig, out / "curves_heads.png"), "validation loss during training, one panel per width", out)
     rep.data = {
         "widths": {
             str(w): {
@@ -311,9 +304,10 @@ def main(argv: list[str] | None = None):
         results[w] = {"sweep": sweep, "rows": rows, "steps": steps}
     if not results:
         return None
-    path, rep = write_report(out, results, command_line(NAME, argv), args.smoke, args.positions, args.set)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": [x for r in results.values() for x in r["rows"]]}
+    return finish(
+        write_report(out, results, command_line(NAME, argv), args.smoke, args.positions, args.set),
+        rows=[x for r in results.values() for x in r["rows"]],
+    )
 
 
 if __name__ == "__main__":

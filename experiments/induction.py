@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Claim, Report, command_line, default_out, experiment_parser, print_summary, pyplot
+from experiments.common import Claim, Report, command_line, default_out, experiment_parser, finish, pyplot, save_figure
 from model.config import ModelConfig
 from model.transformer import attention_patterns
 from train.config import RunConfig, TrainConfig
@@ -374,10 +374,7 @@ def write_report(out: Path, results: dict[str, Any], command: str, smoke: bool) 
     )
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    p = out / "loss_by_position.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
+    p = save_figure(fig, out / "loss_by_position.png")
     rep.heading("Loss by position")
     rep.figure(
         p,
@@ -396,11 +393,7 @@ def write_report(out: Path, results: dict[str, Any], command: str, smoke: bool) 
     ax.set_xticks(range(len(values)), labels, fontsize=6)
     ax.axhline(1 / s.vocab, color="gray", ls="--", lw=0.8)
     ax.set(ylabel="accuracy on the repeat", ylim=(0, 1), title="Accuracy on predictable positions")
-    fig.tight_layout()
-    p = out / "accuracy.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    rep.figure(p, "accuracy on the predictable positions (dashed: chance)", out)
+    rep.figure(save_figure(fig, out / "accuracy.png"), "accuracy on the predictable positions (dashed: chance)", out)
 
     # the induction head's pattern, and every head of the 2-layer model
     two = next(r for r in runs if r["task"] == "shifted" and r["layers"] == 2)
@@ -424,10 +417,7 @@ def write_report(out: Path, results: dict[str, Any], command: str, smoke: bool) 
     fig.suptitle(
         f"2-layer model, one shifted sequence (period {two['period']}): rows = queries, columns = keys", fontsize=8
     )
-    fig.tight_layout()
-    p = out / "attention_grid.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
+    p = save_figure(fig, out / "attention_grid.png")
     rep.heading("Attention patterns")
     rep.figure(p, "every head of the 2-layer model (red title: the head with the highest prefix-matching score)", out)
 
@@ -449,11 +439,11 @@ def write_report(out: Path, results: dict[str, Any], command: str, smoke: bool) 
         title=f"induction head L{layer}H{head} (prefix matching {pm[layer, head]:.2f})",
     )
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    p = out / "induction_head.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    rep.figure(p, "the induction head's pattern; red dots mark where an induction head should look", out)
+    rep.figure(
+        save_figure(fig, out / "induction_head.png"),
+        "the induction head's pattern; red dots mark where an induction head should look",
+        out,
+    )
 
     fixed = [r for r in runs if r["task"] == "fixed"]
     if fixed:
@@ -483,9 +473,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     out = default_out(NAME, args)
     results = run(out, args.smoke)
-    path, rep = write_report(out, results, command_line(NAME, argv), args.smoke)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "results": results}
+    return finish(write_report(out, results, command_line(NAME, argv), args.smoke), results=results)
 
 
 if __name__ == "__main__":

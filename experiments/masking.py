@@ -39,12 +39,12 @@ from experiments.common import (
     default_out,
     eval_records,
     experiment_parser,
-    print_summary,
+    finish,
     pyplot,
+    save_figure,
     shakespeare_overrides,
-    with_set,
 )
-from experiments.sweep import Sweep, run_for_experiment
+from experiments.sweep import Sweep, run_for_experiment, with_set
 
 NAME = "masking"
 STEPS = 1000
@@ -213,11 +213,11 @@ def write_report(out: Path, sweep: Sweep, rows, res, command: str, smoke: bool):
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "masking.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "left: loss during training; right: validation loss by position, full pass vs token by token", out)
+    rep.figure(
+        save_figure(fig, out / "masking.png"),
+        "left: loss during training; right: validation loss by position, full pass vs token by token",
+        out,
+    )
     rep.heading("Samples (prompt | generated, temperature 1)")
     for k in ("masked", "unmasked"):
         rep.text(f"**{k}**, {len(res[k]['long_sample'])} characters:")
@@ -236,9 +236,7 @@ def main(argv: list[str] | None = None):
     if rows is None:
         return None
     res = run(out, sweep, rows, args.smoke)
-    path, rep = write_report(out, sweep, rows, res, command_line(NAME, argv), args.smoke)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "results": res}
+    return finish(write_report(out, sweep, rows, res, command_line(NAME, argv), args.smoke), results=res)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ a loss, 256 labels per batch). Zoology's batch size, 256, gives 4x the labels pe
 is one relative offset), 1000 steps.
 
 Claims (acceptance): 2 layers reach val accuracy >= 0.95 within 2000 steps; 1 layer stays <= 0.4.
-Every point is a `python -m train --config mqar ...` run of a sweep (experiments/sweep.py).
+Every point is a `python -m train --config mqar ...` run of a sweep (experiments/sweep/).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from experiments.common import (
     default_out,
     eval_records,
     experiment_parser,
-    print_summary,
+    finish,
     pyplot,
-    with_set,
+    save_figure,
 )
-from experiments.sweep import Sweep, run_for_experiment
+from experiments.sweep import Sweep, run_for_experiment, with_set
 
 NAME = "mqar"
 STEPS = 1000  # the claim allows 2000; the 2-layer pilot passed 0.95 by step 300
@@ -159,11 +159,11 @@ def write_report(out: Path, sweep: Sweep, rows: list[dict[str, Any]], command: s
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "validation accuracy on the query positions against step (dashed: 0.95)", out)
+    rep.figure(
+        save_figure(fig, out / "accuracy.png"),
+        "validation accuracy on the query positions against step (dashed: 0.95)",
+        out,
+    )
     for r in ok:
         if r["model.n_layers"] == "2":
             rep.figure(
@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None):
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None
-    path, rep = write_report(out, sweep, rows, command_line(NAME, argv), args.smoke)
-    print_summary(rep, path)
-    return {"report": path, "claims": rep.claims, "rows": rows}
+    return finish(write_report(out, sweep, rows, command_line(NAME, argv), args.smoke), rows=rows)
 
 
 if __name__ == "__main__":

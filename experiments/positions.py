@@ -29,12 +29,12 @@ from experiments.common import (
     failed_note,
     pyplot,
     runs_note,
+    save_figure,
     seed_losses,
     shakespeare_overrides,
-    sweep_experiment_main,
     val_curve,
 )
-from experiments.sweep import Sweep
+from experiments.sweep import Sweep, sweep_experiment_main
 
 NAME = "positions"
 STEPS = 1500  # nanoGPT's CPU run uses 2000; 8 runs of 1500 (~60 ms/step) fit ~15 CPU minutes on this machine
@@ -181,11 +181,9 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
     axes[1].set(ylabel="final val loss (mean, +- half range)", title="final validation loss", ylim=(lo - 0.1, None))
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "positions.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "validation loss during training (left) and at the end (right)", out)
+    rep.figure(
+        save_figure(fig, out / "positions.png"), "validation loss during training (left) and at the end (right)", out
+    )
     scales = signal_scales(rows)
     if scales:
         rep.heading("How strong is each position signal against the token signal?")

@@ -26,12 +26,12 @@ from experiments.common import (
     failed_note,
     pyplot,
     runs_note,
+    save_figure,
     seed_losses,
     shakespeare_overrides,
-    sweep_experiment_main,
     val_curve,
 )
-from experiments.sweep import Sweep
+from experiments.sweep import Sweep, sweep_experiment_main
 
 NAME = "value_map"
 STEPS = 500  # nanoGPT's CPU run uses 2000; a quarter keeps 4 runs well within the budget of this shared machine
@@ -145,11 +145,7 @@ def write_report(out: Path, sweep: Sweep, rows, command: str, smoke: bool, steps
     ax.set(xlabel="step", ylabel="val loss (nats/char)", title="validation loss: factored vs full value map")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "value_map.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    rep.figure(path, "validation loss during training", out)
+    rep.figure(save_figure(fig, out / "value_map.png"), "validation loss during training", out)
     rep.data = {
         "params": {m: {k: v for k, v in p.items() if k != "config"} for m, p in params.items()},
         "losses": losses,

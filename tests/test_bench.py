@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import bench_sample, bench_train
+from experiments.bench import sample as bench_sample
+from experiments.bench import train as bench_train
 from model.config import ModelConfig
 from model.transformer import Transformer
 
@@ -71,7 +72,7 @@ def _copy_weights(tmodel, params, cfg: ModelConfig):
 
 def test_nanogpt_baseline_computes_the_same_logits_as_our_model_on_the_same_weights():
     torch = pytest.importorskip("torch")
-    from experiments.nanogpt_torch import make_model
+    from experiments.bench.nanogpt_torch import make_model
 
     cfg = ModelConfig(vocab_size=11, max_len=16, n_layers=2, d_model=32, n_heads=4, scan_layers=True)
     model = Transformer(cfg)
@@ -87,7 +88,7 @@ def test_nanogpt_baseline_computes_the_same_logits_as_our_model_on_the_same_weig
 
 
 def test_torch_unsupported_names_what_nanogpts_model_lacks():
-    from experiments.nanogpt_torch import torch_unsupported
+    from experiments.bench.nanogpt_torch import torch_unsupported
     from train.config import apply_overrides, get_preset
 
     assert torch_unsupported(get_preset("shakespeare-char-cpu")) is None
@@ -98,7 +99,7 @@ def test_torch_unsupported_names_what_nanogpts_model_lacks():
 
 def test_nanogpt_torch_command_trains_and_scores_on_our_validation_batches(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from experiments import nanogpt_torch
+    from experiments.bench import nanogpt_torch
     from train import data
 
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
@@ -115,7 +116,8 @@ def test_nanogpt_torch_command_trains_and_scores_on_our_validation_batches(tmp_p
 def test_bench_attention_shards_over_devices_and_writes_its_table(tmp_path, capsys):
     """--devices 2 (the per-core arrangement) on the test session's 8 CPU devices: the inputs are split on
     the batch axis, the scratch is the sum over both devices, and the report names the arrangement."""
-    from experiments import bench_attention
+    from experiments.bench import attention as bench_attention
+    from experiments.bench import measure
 
     out = tmp_path / "bench"
     res = bench_attention.main(
@@ -139,10 +141,10 @@ def test_bench_attention_shards_over_devices_and_writes_its_table(tmp_path, caps
     assert all(r["devices"] == 2 for r in rows)
     assert all(r["seconds"] > 0 for r in rows if r["impl"] == "chunked")
     # the summed scratch is twice one device's: check against a compile of the same sharded program
-    devices = bench_attention.Devices(2)
-    q, k, v = bench_attention._inputs(4, 128, 8, 64, devices=devices)
+    devices = measure.Devices(2)
+    q, k, v = measure.inputs(4, 128, 8, 64, devices=devices)
     assert q.sharding.spec[0] == "cores" and len(q.sharding.device_set) == 2
-    fwd, _ = bench_attention.jax_fns("chunked")
+    fwd, _ = measure.jax_fns("chunked")
     one = fwd.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
     row = next(r for r in rows if r["impl"] == "chunked" and r["mode"] == "fwd")
     assert row["extra_bytes"] == 2 * one
@@ -152,17 +154,17 @@ def test_bench_attention_shards_over_devices_and_writes_its_table(tmp_path, caps
 
 
 def test_bench_attention_splits_heads_when_the_batch_does_not_divide():
-    from experiments import bench_attention
+    from experiments.bench import measure
 
-    devices = bench_attention.Devices(2)
-    q, _, _ = bench_attention._inputs(1, 16, 8, 8, devices=devices)
+    devices = measure.Devices(2)
+    q, _, _ = measure.inputs(1, 16, 8, 8, devices=devices)
     assert q.sharding.spec[2] == "cores"
     with pytest.raises(SystemExit, match="divides"):
-        bench_attention._inputs(3, 16, 3, 8, devices=devices)
+        measure.inputs(3, 16, 3, 8, devices=devices)
 
 
 def test_bench_attention_rejects_an_unknown_implementation_and_too_many_devices(capsys):
-    from experiments import bench_attention
+    from experiments.bench import attention as bench_attention
 
     with pytest.raises(SystemExit) as e:
         bench_attention.main(["--impls", "torch"])

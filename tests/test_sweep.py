@@ -1,4 +1,4 @@
-"""experiments/sweep.py: grid and random points, commands, SLURM script, and a real sweep of tiny runs.
+"""experiments/sweep/: grid and random points, commands, SLURM script, and a real sweep of tiny runs.
 
 The end-to-end test trains real (tiny) models in subprocesses with two workers: one point succeeds,
 one fails on a missing data file and is recorded; a second invocation skips the finished point and

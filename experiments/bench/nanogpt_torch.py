@@ -170,14 +170,14 @@ def train_and_evaluate(cfg, seed: int, eval_batches: int = 300, log=print) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.nanogpt_torch [--seeds 1337 1] [KEY=VALUE ...]``: nanoGPT's run in PyTorch."""
+    """``python -m experiments.bench.nanogpt_torch [--seeds 1337 1] [KEY=VALUE ...]``: nanoGPT's run in PyTorch."""
     import argparse
     import sys
     import time
 
     from train.config import SetupError, apply_overrides, get_preset
 
-    p = argparse.ArgumentParser(prog="python -m experiments.nanogpt_torch", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.nanogpt_torch", description=main.__doc__)
     p.add_argument("--config", default="shakespeare-char-cpu", help="a text preset (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1337], help="nanoGPT seeds (default: 1337)")
     p.add_argument("--eval-batches", type=int, default=300, help="validation batches (default: %(default)s)")

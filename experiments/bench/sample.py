@@ -1,13 +1,13 @@
 """Sampling speed: this project's cached, one-jit sampler against nanoGPT's uncached eager sampler.
 
-    python -m experiments.bench_sample                                  # shakespeare-char-cpu, 500 tokens, batch 1
-    python -m experiments.bench_sample --run-dir runs/shakespeare-char-cpu --tokens 500
+    python -m experiments.bench.sample                                  # shakespeare-char-cpu, 500 tokens, batch 1
+    python -m experiments.bench.sample --run-dir runs/shakespeare-char-cpu --tokens 500
 
 Both draw ``--tokens`` new tokens at batch 1 (temperature 1) from the same prompt length, in rounds
 that alternate the two samplers so that both see the same machine load; the table shows the median
 and best round. The JAX side is :func:`train.sample.make_generate` (prefill, then a ``lax.scan`` over
 new tokens with a key/value cache, the whole loop in one jit); the PyTorch side is nanoGPT's
-``GPT.generate`` (experiments/nanogpt_torch.py: the cropped context runs through the model again for
+``GPT.generate`` (experiments/bench/nanogpt_torch.py: the cropped context runs through the model again for
 every token). Speed does not depend on the weights, so without ``--run-dir`` both use fresh
 initialisations of the preset's model; with it, the JAX side samples from the run's parameters.
 It also prints the largest difference between the cached sampler's logits and a full forward pass
@@ -26,7 +26,7 @@ from train.cli import tune_host
 
 def main(argv: list[str] | None = None) -> int:
     tune_host()
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_sample", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.sample", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="shakespeare-char-cpu", help="the model of this preset (default: %(default)s)")
     p.add_argument("--run-dir", default=None, help="sample from this run's parameters (its config's model)")
     p.add_argument("--tokens", type=int, default=500, help="new tokens per sample (default: %(default)s)")
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import torch
 
-            from experiments.nanogpt_torch import generate as torch_generate
-            from experiments.nanogpt_torch import make_model
+            from experiments.bench.nanogpt_torch import generate as torch_generate
+            from experiments.bench.nanogpt_torch import make_model
         except ImportError:
             print("(torch not installed: `pip install -e '.[bench]'` adds the nanoGPT sampler)")
         else:

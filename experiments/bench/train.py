@@ -1,11 +1,11 @@
 """Training speed per preset: ms/step, tokens/s and MFU against this machine's measured matmul peak.
 
-    python -m experiments.bench_train                                   # every preset
-    python -m experiments.bench_train --presets shakespeare-char-cpu --steps 200
-    python -m experiments.bench_train --presets shakespeare-char-cpu mesh.data=2   # dotted overrides
+    python -m experiments.bench.train                                   # every preset
+    python -m experiments.bench.train --presets shakespeare-char-cpu --steps 200
+    python -m experiments.bench.train --presets shakespeare-char-cpu mesh.data=2   # dotted overrides
 
 With torch installed (``pip install -e '.[bench]'``) the text presets are also timed in nanoGPT's
-eager PyTorch step (experiments/nanogpt_torch.py) on the same batches, interleaved chunk by chunk
+eager PyTorch step (experiments/bench/nanogpt_torch.py) on the same batches, interleaved chunk by chunk
 with the JAX step so that both see the same machine load; the "x nanoGPT" column is the ratio of
 tokens/s measured that way.
 
@@ -63,7 +63,7 @@ def model_flops_per_step(cfg, params_shapes) -> tuple[int, float]:
 def torch_baseline(cfg):
     """nanoGPT's eager step on ``cfg`` (a closure over int64 torch batches), or None without torch / for
     configs nanoGPT's model does not express (synthetic tasks, other positions, norms, biases...)."""
-    from experiments.nanogpt_torch import make_torch_step, torch_unsupported
+    from experiments.bench.nanogpt_torch import make_torch_step, torch_unsupported
 
     if torch_unsupported(cfg):
         return None
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_host()
     from train.config import PRESETS, SetupError, apply_overrides, get_preset
 
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.train", description=__doc__.split("\n")[0])
     p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names (default: all)")
     p.add_argument("--steps", type=int, default=200, help="at most this many timed steps per preset")
     p.add_argument("--seconds", type=float, default=20.0, help="at most about this long per preset (>= 3 chunks)")

@@ -1,0 +1,7 @@
+"""``python -m experiments.sweep``: the command line lives in experiments/sweep/cli.py."""
+
+import sys
+
+from experiments.sweep.cli import main
+
+sys.exit(main())
