@@ -49,8 +49,7 @@ import numpy as np
 
 from model.attention import attention, select_implementation
 from model.config import IMPLEMENTATIONS
-from model.sharding import host_cores
-from train.cli import request_host_devices
+from model.host import host_cores, request_host_devices
 
 GiB = 1024**3
 

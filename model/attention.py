@@ -31,6 +31,8 @@ import einops
 import jax
 import jax.numpy as jnp
 
+from model.host import cpu_devices_hint, host_cores
+
 Array = jax.Array
 log = logging.getLogger(__name__)
 
@@ -311,26 +313,10 @@ def select_implementation(
     if (backend, choice) not in _logged_choices:
         _logged_choices.add((backend, choice))
         log.info("attention implementation 'auto' -> %r on backend %r", choice, backend)
-        from model.sharding import host_cores
-
         hint = cpu_devices_hint(backend, choice, jax.local_device_count(), host_cores())
         if hint:
             log.info(hint)
     return choice
-
-
-def cpu_devices_hint(backend: str, choice: str, devices: int, cores: int) -> str | None:
-    """A one-line hint when the chunked kernel runs on one XLA:CPU device of a multi-core machine.
-
-    That device runs the kernel's block matmuls one at a time on one thread (measured: 1.4-1.9x slower
-    than with one device per core and the batch sharded over them; README).
-    """
-    if backend != "cpu" or choice != "chunked" or devices > 1 or cores <= 1:
-        return None
-    return (
-        f"attention 'chunked' on 1 CPU device of {cores} cores: for all cores, start with one device per core "
-        f"(train.cli.request_host_devices({cores}) before jax starts) and shard the batch over them"
-    )
 
 
 def attention(
