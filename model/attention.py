@@ -24,21 +24,23 @@ implementations behind it agree with 'reference' (these functions) to the tolera
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
 
 import einops
 import jax
 import jax.numpy as jnp
+
+from model import kernels
+from model.host import cpu_devices_hint, host_cores
+from model.kernels import REGISTRY, Implementation, register
+from model.kernels.blocks import default_scale, visible
 
 Array = jax.Array
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- scores
-def default_scale(head_dim: int) -> float:
-    """1 / sqrt(Dh): keeps the scores' variance near 1 when q and k have unit-variance entries."""
-    return 1.0 / math.sqrt(head_dim)
+# default_scale(Dh) = 1 / sqrt(Dh), the scores' scale, lives in model/kernels/blocks.py beside the kernels
+# that share it.
 
 
 def repeat_kv(x: Array, n_heads: int) -> Array:
@@ -80,9 +82,7 @@ def causal_mask(q_len: int, k_len: int, q_offset: int | Array = 0) -> Array:
     Returns ``[B or 1, 1, Q, K]`` bool. With ``q_offset`` the queries are positions
     ``q_offset .. q_offset + Q - 1`` of a longer sequence whose keys fill ``0 .. K - 1``.
     """
-    qp = query_positions(q_len, q_offset)[:, :, None]  # [B|1, Q, 1]
-    kp = jnp.arange(k_len, dtype=jnp.int32)[None, None, :]  # [1, 1, K]
-    return (kp <= qp)[:, None]
+    return _position_mask(q_len, k_len, q_offset, causal=True)
 
 
 def padding_mask(
@@ -120,11 +120,14 @@ def sliding_window_mask(q_len: int, k_len: int, window: int, q_offset: int | Arr
     """
     if window <= 0:
         raise ValueError(f"sliding window {window} must be positive")
-    qp = query_positions(q_len, q_offset)[:, :, None]
-    kp = jnp.arange(k_len, dtype=jnp.int32)[None, None, :]
-    keep = kp > qp - window
-    keep = keep & (kp <= qp) if causal else keep & (kp < qp + window)
-    return keep[:, None]
+    return _position_mask(q_len, k_len, q_offset, causal=causal, window=window)
+
+
+def _position_mask(q_len: int, k_len: int, q_offset: int | Array, **rule) -> Array:
+    """The mask rule the kernels apply per block (model/kernels/blocks.py ``visible``) on the whole grid."""
+    qp = query_positions(q_len, q_offset)[:, :, None]  # [B|1, Q, 1]
+    kp = jnp.arange(k_len, dtype=jnp.int32)[None, None, :]  # [1, 1, K]
+    return visible(qp, kp, **rule)[:, None]
 
 
 def combine_masks(*masks: Array | None) -> Array | None:
@@ -242,51 +245,39 @@ def sum_heads(o: Array, value_up: Array | None = None) -> Array:
 
 
 # ---------------------------------------------------------------------------- implementations
-AttentionFn = Callable[..., Array]
-_IMPLEMENTATIONS: dict[str, AttentionFn] = {}
-
-
-def register_implementation(name: str, fn: AttentionFn) -> None:
-    """Make ``fn(q, k, v, *, mask_args: MaskArgs, scale) -> out`` available as ``implementation=name``."""
-    _IMPLEMENTATIONS[name] = fn
-
-
 def available_implementations() -> list[str]:
-    _load_kernels()
-    return sorted(_IMPLEMENTATIONS)
-
-
-def _load_kernels() -> None:
-    # Kernels live in model/kernels and register themselves on import; imported lazily to keep
-    # this module's import light and free of cycles.
-    from model import kernels  # noqa: F401
+    return sorted(REGISTRY)
 
 
 def attend_reference(
-    q: Array, k: Array, v: Array, mask: Array | None = None, scale: float | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None = None,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
 ) -> tuple[Array, Array]:
-    """The lecture's attention, step by step. Returns (output ``[B,Q,H,Dv]``, pattern ``[B,H,Q,K]``)."""
+    """The lecture's attention, step by step. Returns (output ``[B,Q,H,Dv]``, pattern ``[B,H,Q,K]``).
+
+    With ``dropout_rate`` and a ``dropout_rng`` key, entries of the pattern are dropped (and the kept ones
+    scaled by 1 / (1 - rate)) before they weight the values; the pattern returned is the one before dropout.
+    """
     pattern = masked_softmax(attention_scores(q, k, scale), mask)
-    return weighted_values(pattern, v).astype(q.dtype), pattern
+    kept = pattern
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, pattern.shape)
+        kept = jnp.where(keep, pattern / (1.0 - dropout_rate), 0.0)
+    return weighted_values(kept, v).astype(q.dtype), pattern
 
 
-def _reference(q, k, v, *, mask, scale, **_):
-    return attend_reference(q, k, v, mask, scale)[0]
+def _reference(q, k, v, *, mask, scale, return_pattern=False, dropout_rate=0.0, dropout_rng=None, **_):
+    """'reference': :func:`attend_reference`, the pattern returned only when asked for."""
+    out, pattern = attend_reference(q, k, v, mask, scale, dropout_rate, dropout_rng)
+    return (out, pattern) if return_pattern else out
 
 
-def _xla(q, k, v, *, mask, scale, **_):
-    # jax.nn.dot_product_attention gives a fully masked row the mean of the values (it masks with a
-    # large negative number); zero those rows so every implementation means the same thing.
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
-    if mask is not None:
-        row_alive = jnp.any(mask, axis=-1)  # [B|1, 1|H, Q]
-        row_alive = einops.rearrange(row_alive, "b h q -> b q h 1")
-        out = jnp.where(row_alive, out, jnp.zeros((), out.dtype))
-    return out
-
-
-register_implementation("reference", _reference)
-register_implementation("xla", _xla)
+register(Implementation("reference", _reference, returns_pattern=True, dropout=True, one_head_width=False))
 
 _logged_choices: set[tuple] = set()
 
@@ -301,36 +292,14 @@ def select_implementation(
     passing an explicit implementation.
     """
     backend = backend or jax.default_backend()
-    _load_kernels()
-    if need_pattern:
-        choice = "reference"
-    else:
-        from model.kernels import auto_choice
-
-        choice = auto_choice(q_shape, jnp.dtype(dtype), backend, **mask_info)
+    choice = "reference" if need_pattern else kernels.auto_choice(q_shape, jnp.dtype(dtype), backend, **mask_info)
     if (backend, choice) not in _logged_choices:
         _logged_choices.add((backend, choice))
         log.info("attention implementation 'auto' -> %r on backend %r", choice, backend)
-        from model.sharding import host_cores
-
         hint = cpu_devices_hint(backend, choice, jax.local_device_count(), host_cores())
         if hint:
             log.info(hint)
     return choice
-
-
-def cpu_devices_hint(backend: str, choice: str, devices: int, cores: int) -> str | None:
-    """A one-line hint when the chunked kernel runs on one XLA:CPU device of a multi-core machine.
-
-    That device runs the kernel's block matmuls one at a time on one thread (measured: 1.4-1.9x slower
-    than with one device per core and the batch sharded over them; README).
-    """
-    if backend != "cpu" or choice != "chunked" or devices > 1 or cores <= 1:
-        return None
-    return (
-        f"attention 'chunked' on 1 CPU device of {cores} cores: for all cores, start with one device per core "
-        f"(train.cli.request_host_devices({cores}) before jax starts) and shard the batch over them"
-    )
 
 
 def attention(
@@ -349,7 +318,7 @@ def attention(
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
 ):
-    """Scaled dot-product attention: the one entry point.
+    """Scaled dot-product attention: the one entry point. Validate, resolve the implementation, dispatch.
 
     q ``[B, Q, H, Dh]``, k ``[B, K, G, Dh]``, v ``[B, K, G, Dv]`` with G dividing H (GQA/MQA).
     Masks (combined with AND): ``causal`` with ``q_offset`` (int or ``[B]``), padding by ``kv_lengths`` /
@@ -357,10 +326,61 @@ def attention(
 
     implementation: 'reference' (the functions above; the only one that can return the pattern or
     drop out entries of it), 'xla' (jax.nn.dot_product_attention), 'chunked' (online softmax over key
-    blocks, O(T) memory), 'auto' (the fastest correct path on this backend), and the accelerator
-    kernels registered in model/kernels. Returns ``[B, Q, H, Dv]`` in q's dtype, and the pattern
+    blocks, O(T) memory), 'auto' (the fastest correct path on this backend), and the others in
+    ``model.kernels.registry.REGISTRY``. Returns ``[B, Q, H, Dv]`` in q's dtype, and the pattern
     ``[B, H, Q, K]`` float32 as a second value when ``return_pattern``.
     """
+    _check_shapes(q, k, v)
+    masks = dict(causal=causal, q_offset=q_offset, kv_lengths=kv_lengths, q_lengths=q_lengths, window=window)
+    use_dropout = dropout_rate > 0.0 and dropout_rng is not None
+    impl = _resolve(implementation, q, k, return_pattern, use_dropout, masks)
+    scale = default_scale(q.shape[-1]) if scale is None else scale
+    if impl.dense_mask:  # an implementation that builds its masks per block gets no [Q, K] mask
+        masks["mask"] = make_mask(q.shape[1], k.shape[1], **masks)
+    if impl.returns_pattern or impl.dropout:
+        extra = dict(return_pattern=return_pattern, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+        return impl.fn(q, k, v, scale=scale, **masks, **extra)
+    if impl.one_head_width:
+        return _one_head_width(impl.fn, q, k, v, scale=scale, **masks)
+    return impl.fn(q, k, v, scale=scale, **masks).astype(q.dtype)
+
+
+def _resolve(name: str, q: Array, k: Array, return_pattern: bool, use_dropout: bool, masks: dict) -> Implementation:
+    """The registered implementation ``name`` ('auto' chosen here) names; ValueError when it cannot serve."""
+    if name == "auto":
+        name = select_implementation(
+            q.shape,
+            q.dtype,
+            need_pattern=return_pattern or use_dropout,
+            k_len=k.shape[1],
+            causal=masks["causal"],
+            window=masks["window"],
+            per_batch_offset=jnp.ndim(masks["q_offset"]) > 0,
+            q_offset_zero=isinstance(masks["q_offset"], int) and masks["q_offset"] == 0,
+            has_padding=masks["kv_lengths"] is not None or masks["q_lengths"] is not None,
+        )
+    impl = REGISTRY.get(name)
+    if (return_pattern and not (impl and impl.returns_pattern)) or (use_dropout and not (impl and impl.dropout)):
+        raise ValueError(
+            f"implementation={name!r} cannot return or drop out the attention pattern; use implementation='reference'"
+        )
+    if impl is None:
+        raise ValueError(f"unknown attention implementation {name!r}; choose one of {available_implementations()}")
+    return impl
+
+
+def _one_head_width(fn, q: Array, k: Array, v: Array, **kwargs) -> Array:
+    """``fn`` on q, k, v of one head width: the full-rank value map has Dv = D != Dh, so the narrower side
+    is padded with zeros (zeros change no dot product) and the output cut back to Dv."""
+    dv, dh = v.shape[-1], q.shape[-1]
+    if dv > dh:
+        q, k = (jnp.pad(x, [(0, 0)] * 3 + [(0, dv - dh)]) for x in (q, k))
+    elif dv < dh:
+        v = jnp.pad(v, [(0, 0)] * 3 + [(0, dh - dv)])
+    return fn(q, k, v, **kwargs)[..., :dv].astype(q.dtype)
+
+
+def _check_shapes(q: Array, k: Array, v: Array) -> None:
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
             f"attention expects q, k, v as [batch, length, heads, head_dim]; got shapes {q.shape}, {k.shape}, {v.shape}"
@@ -369,82 +389,6 @@ def attention(
         raise ValueError(f"attention: incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"attention: {k.shape[2]} key/value heads do not divide {q.shape[2]} query heads")
-    q_len, k_len = q.shape[1], k.shape[1]
-    scale = default_scale(q.shape[-1]) if scale is None else scale
-    use_dropout = dropout_rate > 0.0 and dropout_rng is not None
-
-    if implementation == "auto":
-        implementation = select_implementation(
-            q.shape,
-            q.dtype,
-            need_pattern=return_pattern or use_dropout,
-            k_len=k_len,
-            causal=causal,
-            window=window,
-            per_batch_offset=jnp.ndim(q_offset) > 0,
-            q_offset_zero=isinstance(q_offset, int) and q_offset == 0,
-            has_padding=kv_lengths is not None or q_lengths is not None,
-        )
-    if (return_pattern or use_dropout) and implementation != "reference":
-        raise ValueError(
-            f"implementation={implementation!r} cannot return or drop out the attention pattern; "
-            f"use implementation='reference'"
-        )
-    if implementation != "reference" and implementation not in _IMPLEMENTATIONS:
-        _load_kernels()
-    # A kernel that builds its masks per block from the mask arguments ('chunked') is registered with
-    # ``needs_dense_mask = False``: then no [Q, K] mask is built (not even outside jit).
-    dense = implementation == "reference" or getattr(_IMPLEMENTATIONS.get(implementation), "needs_dense_mask", True)
-    mask = (
-        make_mask(
-            q_len,
-            k_len,
-            causal=causal,
-            q_offset=q_offset,
-            kv_lengths=kv_lengths,
-            q_lengths=q_lengths,
-            window=window,
-        )
-        if dense
-        else None
-    )
-    if implementation == "reference":
-        pattern = masked_softmax(attention_scores(q, k, scale), mask)
-        kept = pattern
-        if use_dropout:
-            keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, pattern.shape)
-            kept = jnp.where(keep, pattern / (1.0 - dropout_rate), 0.0)
-        out = weighted_values(kept, v).astype(q.dtype)
-        return (out, pattern) if return_pattern else out
-
-    if implementation not in _IMPLEMENTATIONS:
-        _load_kernels()
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(
-            f"unknown attention implementation {implementation!r}; choose one of {available_implementations()}"
-        )
-    fn = _IMPLEMENTATIONS[implementation]
-    # Kernels want one head width for q, k and v. The full-rank value map has Dv = D != Dh: pad the
-    # narrower side with zeros (zeros change no dot product) and cut the output back to Dv.
-    dv = v.shape[-1]
-    if dv > q.shape[-1]:
-        pad = [(0, 0)] * 3 + [(0, dv - q.shape[-1])]
-        q, k = jnp.pad(q, pad), jnp.pad(k, pad)
-    elif dv < q.shape[-1]:
-        v = jnp.pad(v, [(0, 0)] * 3 + [(0, q.shape[-1] - dv)])
-    out = fn(
-        q,
-        k,
-        v,
-        mask=mask,
-        scale=scale,
-        causal=causal,
-        q_offset=q_offset,
-        kv_lengths=kv_lengths,
-        q_lengths=q_lengths,
-        window=window,
-    )
-    return out[..., :dv].astype(q.dtype)
 
 
 # ---------------------------------------------------------------------------- multi-head attention

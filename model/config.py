@@ -15,9 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from model.attention import REGISTRY  # model.attention registers 'reference', model.kernels the kernels
 from model.config_base import ConfigBase
 
-IMPLEMENTATIONS = ("auto", "reference", "xla", "chunked", "ring", "cudnn", "pallas")
+
+def implementations() -> tuple[str, ...]:
+    """'auto', 'reference' (what the others are tested against), then every other registered implementation."""
+    return ("auto", "reference", *(name for name in REGISTRY if name != "reference"))
+
+
+IMPLEMENTATIONS = implementations()  # as registered when this module was imported
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
 VALUE_MAPS = ("factored", "full")
 NORMS = ("layernorm", "rmsnorm")
@@ -125,7 +132,7 @@ class ModelConfig(ConfigBase):
             ("dtype", DTYPES),
             ("param_dtype", DTYPES),
             ("remat", REMAT),
-            ("attention_impl", IMPLEMENTATIONS),
+            ("attention_impl", implementations()),
             ("gelu", GELUS),
         ]:
             if getattr(self, name) not in allowed:

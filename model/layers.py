@@ -1,8 +1,8 @@
 """Flax Linen modules: MultiHeadAttention, MLP and the pre-norm residual Block.
 
 Modules own parameters and call the pure math in model/attention.py. Parameter names are the
-lecture's (query, key, value_down, value_up); ``LOGICAL_AXES`` gives each one's logical axis names,
-which model/sharding.py maps to mesh axes.
+lecture's (query, key, value_down, value_up); ``model.sharding.LOGICAL_AXES`` gives each one's logical
+axis names, beside the rules that map them to mesh axes.
 
 Mixed precision: parameters are stored in ``config.param_dtype``; matmuls run in ``config.dtype``;
 the residual stream, norms, softmax and logits stay float32.
@@ -20,29 +20,6 @@ from model import attention as attn
 from model.config import ModelConfig
 from model.positions import apply_rotary
 from model.sharding import with_logical_constraint as constrain
-
-# Logical axes of every parameter, by name. Scanned models put 'layers' in front of block parameters.
-LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
-    "query": ("embed", "heads", "head_dim"),
-    "key": ("embed", "kv_heads", "head_dim"),
-    "value_down": ("embed", "kv_heads", "head_dim"),
-    "value": ("embed", "kv_heads", None),  # the full-rank D x D value map per head
-    "value_up": ("heads", "head_dim", "embed"),
-    "query_bias": ("heads", "head_dim"),
-    "key_bias": ("kv_heads", "head_dim"),
-    "value_down_bias": ("kv_heads", "head_dim"),
-    "value_bias": ("kv_heads", None),
-    "value_up_bias": ("embed",),
-    "fc_in": ("embed", "mlp"),
-    "fc_in_bias": ("mlp",),
-    "fc_out": ("mlp", "embed"),
-    "fc_out_bias": ("embed",),
-    "scale": ("embed",),  # LayerNorm / RMSNorm
-    "bias": ("embed",),
-    "embedding": ("vocab", "embed"),
-    "pos_embed": (None, "embed"),
-    "unembed": ("embed", "vocab"),
-}
 
 
 def dtype_of(name: str):

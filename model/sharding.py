@@ -1,6 +1,6 @@
 """Sharding: logical axis names -> mesh axes, one rules table per strategy, and the mesh itself.
 
-Parameters carry logical axis names (``model.layers.LOGICAL_AXES``; scanned block parameters get
+Parameters carry logical axis names (``LOGICAL_AXES``; scanned block parameters get
 'layers' in front); activations use 'batch', 'length', 'act_embed' (the residual stream's width),
 'heads', 'kv_heads', 'head_dim', 'mlp', 'vocab'. A strategy is a rules table that maps every logical
 name to mesh axes ('data', 'fsdp', 'sequence', 'tensor') plus a mesh shape; no model code changes.
@@ -41,17 +41,33 @@ from model.config_base import ConfigBase
 # in every layer, sequence parallelism in every attention, FSDP once per layer, data once per step).
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "sequence", "tensor")
 
-
-def host_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, else os.cpu_count())."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 PARAM_NAMES = ("embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers")
 ACTIVATION_NAMES = ("batch", "length", "act_embed")
 LOGICAL_NAMES: tuple[str, ...] = ACTIVATION_NAMES + PARAM_NAMES
+
+# Logical axes of every parameter, by the name model/layers.py and model/transformer.py give it
+# (scanned models put 'layers' in front of block parameters).
+LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
+    "query": ("embed", "heads", "head_dim"),
+    "key": ("embed", "kv_heads", "head_dim"),
+    "value_down": ("embed", "kv_heads", "head_dim"),
+    "value": ("embed", "kv_heads", None),  # the full-rank D x D value map per head
+    "value_up": ("heads", "head_dim", "embed"),
+    "query_bias": ("heads", "head_dim"),
+    "key_bias": ("kv_heads", "head_dim"),
+    "value_down_bias": ("kv_heads", "head_dim"),
+    "value_bias": ("kv_heads", None),
+    "value_up_bias": ("embed",),
+    "fc_in": ("embed", "mlp"),
+    "fc_in_bias": ("mlp",),
+    "fc_out": ("mlp", "embed"),
+    "fc_out_bias": ("embed",),
+    "scale": ("embed",),  # LayerNorm / RMSNorm
+    "bias": ("embed",),
+    "embedding": ("vocab", "embed"),
+    "pos_embed": (None, "embed"),
+    "unembed": ("embed", "vocab"),
+}
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxes], ...]
@@ -246,12 +262,10 @@ def _path_str(path) -> str:
 def param_logical_axes(params_or_shapes, scanned: bool | None = None):
     """The logical axis names of every parameter: a pytree of tuples, one name (or None) per dimension.
 
-    Names come from ``model.layers.LOGICAL_AXES`` by parameter name; parameters under 'blocks' (the
+    Names come from ``LOGICAL_AXES`` by parameter name; parameters under 'blocks' (the
     scanned stack) get 'layers' in front. ``scanned`` None infers it from the presence of 'blocks'.
     Raises ValueError for a parameter without an entry or whose rank does not match its names.
     """
-    from model.layers import LOGICAL_AXES  # here, not at the top: model.layers imports this module
-
     if scanned is None:
         scanned = isinstance(params_or_shapes, Mapping) and "blocks" in params_or_shapes
 
@@ -259,7 +273,7 @@ def param_logical_axes(params_or_shapes, scanned: bool | None = None):
         name = _path_str(path)
         last = getattr(path[-1], "key", None) if path else None
         if last not in LOGICAL_AXES:
-            raise ValueError(f"parameter {name!r} has no logical axes: add {last!r} to model.layers.LOGICAL_AXES")
+            raise ValueError(f"parameter {name!r} has no logical axes: add {last!r} to model.sharding.LOGICAL_AXES")
         axes = tuple(LOGICAL_AXES[last])
         if scanned and getattr(path[0], "key", None) == "blocks":
             axes = ("layers",) + axes
@@ -444,11 +458,3 @@ def bytes_per_device(*trees) -> dict[str, Any]:
             per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
     most = max(per_device.values()) if per_device else 0
     return {"total": total, "per_device": per_device, "max_per_device": most, "fraction": most / max(total, 1)}
-
-
-def _import_ring() -> None:
-    # 'ring' registers itself with model.attention on import; importing this module makes it available.
-    from model.kernels import ring  # noqa: F401
-
-
-_import_ring()

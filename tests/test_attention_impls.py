@@ -161,3 +161,24 @@ def test_attention_implementation_errors():
     with pytest.raises(ValueError, match="implementation='reference'"):
         attn.attention(q, q, q, implementation="xla", return_pattern=True)
     assert {"reference", "xla"} <= set(attn.available_implementations())
+
+
+def test_registry_is_open_and_config_lists_it(monkeypatch):
+    # A user's implementation, registered with a record, is reachable by name and valid in a ModelConfig;
+    # without a dense mask it gets the mask arguments and no mask.
+    from model.config import IMPLEMENTATIONS, ModelConfig
+    from model.kernels.registry import REGISTRY, Implementation, register
+
+    assert IMPLEMENTATIONS == ("auto", "reference", "xla", "chunked", "ring", "cudnn", "pallas")
+    seen = {}
+
+    def mine(q, k, v, **kwargs):
+        seen.update(kwargs)
+        return jnp.ones_like(q)
+
+    monkeypatch.setitem(REGISTRY, "mine", REGISTRY["xla"])  # restored after the test
+    register(Implementation("mine", mine, dense_mask=False))
+    q = jnp.zeros((1, 3, 2, 4))
+    assert bool(jnp.all(attn.attention(q, q, q, causal=True, implementation="mine") == 1))
+    assert "mask" not in seen and seen["causal"] is True
+    assert ModelConfig(attention_impl="mine").attention_impl == "mine"

@@ -14,6 +14,7 @@ import pytest
 
 from model import attention as attn
 from model.config import get_preset
+from model.host import cpu_devices_hint
 from model.kernels import ACCEL_CHUNKED_MIN_QK, CPU_CHUNKED_MIN_QK, auto_choice
 from model.kernels.accelerators import pallas_attention
 from model.transformer import Transformer
@@ -175,12 +176,12 @@ def test_pallas_gradients_in_interpret_mode(platform, shape):
 
 
 def test_cpu_devices_hint_only_for_chunked_on_one_device_of_many_cores():
-    hint = attn.cpu_devices_hint("cpu", "chunked", devices=1, cores=2)
+    hint = cpu_devices_hint("cpu", "chunked", devices=1, cores=2)
     assert "1 CPU device of 2 cores" in hint and "request_host_devices(2)" in hint and "\n" not in hint
-    assert attn.cpu_devices_hint("cpu", "chunked", devices=2, cores=2) is None  # already one device per core
-    assert attn.cpu_devices_hint("cpu", "chunked", devices=1, cores=1) is None  # nothing to gain
-    assert attn.cpu_devices_hint("cpu", "reference", devices=1, cores=2) is None  # short sequences: dense
-    assert attn.cpu_devices_hint("gpu", "chunked", devices=1, cores=2) is None
+    assert cpu_devices_hint("cpu", "chunked", devices=2, cores=2) is None  # already one device per core
+    assert cpu_devices_hint("cpu", "chunked", devices=1, cores=1) is None  # nothing to gain
+    assert cpu_devices_hint("cpu", "reference", devices=1, cores=2) is None  # short sequences: dense
+    assert cpu_devices_hint("gpu", "chunked", devices=1, cores=2) is None
 
 
 def test_long_sequence_choice_logs_no_hint_with_eight_devices(monkeypatch, caplog):

@@ -15,9 +15,9 @@ value, data file or run directory prints one line ``error: ...`` and exits with 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 
+from model.host import configure_xla, tune_host
 from train.config import (
     DEFAULT_PRESET,
     PRESETS,
@@ -32,69 +32,6 @@ from train.config import (
 EPILOG = """overrides: KEY=VALUE with KEY one of model.FIELD, data.FIELD, train.FIELD, run_dir, name, goal;
 values parsed by the field's type: 12, 3e-4, true/false, none, text.
 example: python -m train --config shakespeare-char-cpu model.n_layers=2 train.lr=3e-4 data.path=foo.txt run_dir=runs/x"""
-
-
-def tune_host() -> None:
-    """Keep XLA's per-step temporary buffers in one malloc heap that is never given back to the OS.
-
-    XLA on CPU allocates a step's temporaries afresh at every call (80 MB for shakespeare-char-cpu);
-    glibc serves blocks above 32 MB with a fresh mmap, so every step page-faults all of it (20,000
-    faults, about half the step time on a small VM). With mmap off, trimming off and one arena, the
-    freed block is reused by the next step. Call before jax starts its threads; a no-op off glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
-    libc.mallopt(m_arena_max, 1)
-
-
-def request_host_devices(n: int) -> None:
-    """Ask XLA for ``n`` CPU devices that run their ops on one thread each (one device per core).
-
-    jax sees one CPU device unless told otherwise; with one device per core, work split over a mesh
-    (a batch- or head-sharded jit) runs on all cores at once, each device a single-threaded chain of
-    ops. Must run before jax creates its backend; XLA_FLAGS already naming these settings are left alone.
-    """
-    import os
-
-    if n <= 1:
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        flags += f" --xla_force_host_platform_device_count={n}"
-    if "xla_cpu_multi_thread_eigen" not in flags:
-        flags += " --xla_cpu_multi_thread_eigen=false"
-    os.environ["XLA_FLAGS"] = flags.strip()
-
-
-def configure_xla(cfg) -> None:
-    """A mesh of several devices on a CPU: one XLA device per mesh slot, each running its ops on one thread.
-
-    jax sees one CPU device unless told otherwise, so ``mesh.data=2`` would find too few devices.
-    Splitting the batch over per-core devices keeps both cores busy with independent halves of the
-    step. For shakespeare-char-cpu on 2 cores it is now no faster than one multithreaded device
-    (44-47 vs 40-46 ms/step in alternating runs of experiments.bench_train); it was about 1.4x before
-    the model's matmuls were made 2-D.
-    Must run before jax creates its backend (see :func:`request_host_devices`).
-    """
-    import dataclasses
-    import math
-
-    mesh = getattr(cfg, "mesh", None)
-    if mesh is None:
-        return
-    sizes = [getattr(mesh, f.name) for f in dataclasses.fields(mesh)]
-    from model.sharding import host_cores
-
-    cores = host_cores()
-    fixed = math.prod(s for s in sizes if s != -1)
-    request_host_devices(fixed * max(1, cores // fixed) if -1 in sizes else fixed)
 
 
 def build_parser() -> argparse.ArgumentParser:

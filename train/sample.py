@@ -240,7 +240,7 @@ def load_params(run_dir: str | Path, cfg, step: int | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli import tune_host
+    from model.host import tune_host
 
     tune_host()
     p = argparse.ArgumentParser(prog="python -m train.sample", description="Generate from a trained run.")

@@ -68,7 +68,7 @@ def decay_mask(params: Any) -> Any:
 
     Decided by name, so the extra leading layer axis of scanned block parameters does not count:
     biases ('*bias') and norm scales ('scale') are never decayed, everything else is a map or an
-    embedding of rank >= 2 (``model.layers.LOGICAL_AXES``).
+    embedding of rank >= 2 (``model.sharding.LOGICAL_AXES``).
     """
 
     def decayed(path, leaf) -> bool:

@@ -62,8 +62,7 @@ from experiments.bench.measure import (
 )
 from model.attention import select_implementation
 from model.config import IMPLEMENTATIONS
-from model.sharding import host_cores
-from train.cli import request_host_devices
+from model.host import host_cores, request_host_devices
 
 
 # ---------------------------------------------------------------------------- section: attention vs T

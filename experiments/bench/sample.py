@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-from train.cli import tune_host
+from model.host import tune_host
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 
-from train.cli import configure_xla, tune_host
+from model.host import configure_xla, tune_host
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:

@@ -1,23 +1,20 @@
-"""Alternative attention implementations behind ``model.attention.attention``, and what 'auto' means.
+"""The attention implementations behind ``model.attention.attention``, and what 'auto' means.
 
-Each module registers itself with ``model.attention.register_implementation`` on import:
-chunked.py ('chunked'), accelerators.py ('cudnn', 'pallas'), ring.py (sequence-parallel, when present).
+This is the one place that registers them (model/kernels/registry.py holds the records; 'reference'
+is registered by model/attention.py): 'xla', 'cudnn', 'pallas' (accelerators.py), 'chunked'
+(chunked.py), 'ring' (ring.py). model/kernels/blocks.py is the mask rule and the block steps that
+chunked.py and ring.py share.
 
 What ``implementation='auto'`` picks (:func:`auto_choice`), and why:
 
 - CPU: 'reference' (dense einsum + masked softmax) while the score matrix is small, 'chunked' from
-  ``Q * K >= CPU_CHUNKED_MIN_QK`` (512 x 512) on. Measured with ``python -m experiments.bench_attention``
-  on the shared 2-core AVX-512 machine (B=4, H=8, Dh=64, causal, fp32; medians of interleaved calls):
-  in a --quick run at T=256 dense and chunked were within noise (15-17 ms fwd, 32-46 ms fwd+bwd); from
-  T=512 on chunked wins and the gap grows with T because it skips the masked half of the blocks and
-  its memory is O(T). In the quiet run of 2026-11-27 (README; one XLA device per core, inputs
-  sharded over them) it was 2.3-4.8x faster than 'reference' and 3.2-10.9x faster than 'xla' at
-  T=1024..4096, with 31 MiB .. 0.22 GiB of scratch against 0.25 .. 6 GiB, and level with torch SDPA
-  (auto/torch 0.95-0.97 in the cleanest run, 0.83-1.13 in others). On jax's default single CPU device
-  it is 1.4-1.9x slower than torch: that device runs the block matmuls one at a time on one thread,
-  so give XLA one device per core (``train.cli.request_host_devices``) and shard the batch. 'xla'
-  (jax.nn.dot_product_attention) is never chosen on CPU: it is the slowest path there. A decode step
-  (Q=1) stays 'reference' (its scores are one row).
+  ``Q * K >= CPU_CHUNKED_MIN_QK`` (512 x 512) on: at T=256 the two are within noise, from T=512 on
+  chunked wins and the gap grows with T, because it skips the masked half of the blocks and its
+  memory is O(T) (``python -m experiments.bench.attention``; the figures are in the README's
+  "Attention implementations" section). Give XLA one device per core
+  (``model.host.request_host_devices``) and shard the batch: one CPU device runs the kernel's block
+  matmuls one at a time on one thread. 'xla' (jax.nn.dot_product_attention) is never chosen on CPU:
+  it is the slowest path there. A decode step (Q=1) stays 'reference' (its scores are one row).
 - GPU: 'cudnn' (cuDNN flash attention) for float16/bfloat16 with a head width it takes and a mask it
   supports (:func:`model.kernels.accelerators.cudnn_supports`); otherwise 'chunked' for long
   sequences (memory O(T)) and 'xla' for short ones. (Not measured here: no GPU on this machine.)
@@ -30,18 +27,21 @@ A model overrides the choice with ``ModelConfig.attention_impl``; the choice is 
 
 from __future__ import annotations
 
-import importlib.util
-
 import jax.numpy as jnp
 
-from model.kernels import accelerators, chunked  # noqa: F401  (register 'chunked', 'cudnn', 'pallas')
+from model.kernels import accelerators, chunked, ring
 from model.kernels.accelerators import cudnn_supports, pallas_supports
+from model.kernels.registry import REGISTRY, Implementation, register
 
-if importlib.util.find_spec("model.kernels.ring") is not None:  # written separately; registers 'ring'
-    from model.kernels import ring  # noqa: F401
+# In the order config.IMPLEMENTATIONS lists them, after 'auto' and 'reference'.
+register(Implementation("xla", accelerators.xla_attention))
+register(Implementation("chunked", chunked.chunked_attention, dense_mask=False))
+register(Implementation("ring", ring.ring_attention, dense_mask=False))  # over the mesh's 'sequence' axis
+register(Implementation("cudnn", accelerators.cudnn_attention))
+register(Implementation("pallas", accelerators.pallas_attention))
 
 # 'auto' on CPU switches from the dense reference to the chunked kernel at this many scores per head
-# (Q * K); see the module docstring for the measurement behind it.
+# (Q * K); see the module docstring for why.
 CPU_CHUNKED_MIN_QK = 512 * 512
 # On GPU/TPU, when the vendor kernel cannot take a call, dense XLA up to this many scores per head
 # and the chunked kernel beyond (dense memory grows as Q * K).
@@ -72,37 +72,14 @@ def auto_choice(
     k_len = q_len if k_len is None else k_len
     scores = q_len * k_len
     dtype = jnp.dtype(dtype)
+    rules = dict(k_len=k_len, causal=causal, window=window, per_batch_offset=per_batch_offset)
     if backend == "gpu":
-        why = cudnn_supports(
-            q_shape,
-            dtype,
-            k_len=k_len,
-            causal=causal,
-            window=window,
-            per_batch_offset=per_batch_offset,
-            q_offset_zero=q_offset_zero,
-        )
-        if why is None:
-            return "cudnn"
-        return "chunked" if scores >= ACCEL_CHUNKED_MIN_QK else "xla"
-    if backend == "tpu":
-        why = pallas_supports(
-            q_shape,
-            dtype,
-            "tpu",
-            k_len=k_len,
-            causal=causal,
-            window=window,
-            per_batch_offset=per_batch_offset,
-            has_padding=has_padding,
-        )
-        if why is None:
-            return "pallas"
-        return "chunked" if scores >= ACCEL_CHUNKED_MIN_QK else "xla"
-    # CPU (and any other backend): measured, see the module docstring.
-    if q_len > 1 and scores >= CPU_CHUNKED_MIN_QK:
-        return "chunked"
-    return "reference"
+        vendor = "cudnn" if cudnn_supports(q_shape, dtype, **rules, q_offset_zero=q_offset_zero) is None else None
+    elif backend == "tpu":
+        vendor = "pallas" if pallas_supports(q_shape, dtype, "tpu", **rules, has_padding=has_padding) is None else None
+    else:  # CPU (and any other backend): measured, see the module docstring
+        return "chunked" if q_len > 1 and scores >= CPU_CHUNKED_MIN_QK else "reference"
+    return vendor or ("chunked" if scores >= ACCEL_CHUNKED_MIN_QK else "xla")
 
 
-__all__ = ["ACCEL_CHUNKED_MIN_QK", "CPU_CHUNKED_MIN_QK", "auto_choice"]
+__all__ = ["ACCEL_CHUNKED_MIN_QK", "CPU_CHUNKED_MIN_QK", "REGISTRY", "Implementation", "auto_choice", "register"]

@@ -1,5 +1,6 @@
-"""Accelerator kernels behind ``attention(..., implementation='cudnn' | 'pallas')``.
+"""Vendor kernels behind ``attention(..., implementation='xla' | 'cudnn' | 'pallas')``.
 
+- 'xla': ``jax.nn.dot_product_attention(implementation='xla')`` (any backend; the slowest path on CPU).
 - 'cudnn': cuDNN's fused flash attention through ``jax.nn.dot_product_attention(implementation='cudnn')``
   (NVIDIA GPUs; float16/bfloat16; head width a multiple of 8 up to 128 (256 on recent cuDNN);
   causal from position 0, sliding windows and padding lengths; no per-batch decode offsets).
@@ -8,7 +9,7 @@
   flash-attention kernel (``jax.experimental.pallas.ops.gpu.attention.mha``; causal, self-attention,
   lengths a multiple of its block).
 
-Neither can run on a CPU: asked for there, they raise one clear error naming a path that can.
+'cudnn' and 'pallas' cannot run on a CPU: asked for there, they raise one clear error naming a path that can.
 ``pallas_attention(..., interpret=True)`` runs the Pallas kernels in Pallas's interpreter on any
 backend (slow; what tests/test_dispatch.py does on CPU at tiny sizes). :func:`cudnn_supports` and
 :func:`pallas_supports` are the shape/dtype/mask rules that ``auto_choice`` consults.
@@ -19,8 +20,6 @@ from __future__ import annotations
 import einops
 import jax
 import jax.numpy as jnp
-
-from model.attention import register_implementation, repeat_kv
 
 Array = jax.Array
 
@@ -52,6 +51,17 @@ def _zero_dead_rows(out: Array, mask: Array | None) -> Array:
         return out
     alive = einops.rearrange(jnp.any(mask, axis=-1), "b h q -> b q h 1")
     return jnp.where(alive, out, jnp.zeros((), out.dtype))
+
+
+# ---------------------------------------------------------------------------- XLA
+def xla_attention(q, k, v, *, mask, scale, **_):
+    """``jax.nn.dot_product_attention(implementation='xla')``, fully masked rows zeroed.
+
+    jax gives a fully masked row the mean of the values (it masks with a large negative number); zero
+    those rows so every implementation means the same thing.
+    """
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+    return _zero_dead_rows(out, mask)
 
 
 # ---------------------------------------------------------------------------- cuDNN
@@ -199,8 +209,8 @@ def _pallas_gpu(q, k, v, *, scale, causal, interpret):
     )
     return gpu_attention.mha(
         q,
-        repeat_kv(k, h),
-        repeat_kv(v, h),
+        jnp.repeat(k, h // k.shape[2], axis=2),  # query head i reads key/value head i // R, as in GQA
+        jnp.repeat(v, h // v.shape[2], axis=2),
         None,
         sm_scale=scale,
         causal=causal,
@@ -253,22 +263,8 @@ def pallas_attention(
     if why is not None:
         raise ValueError(f"implementation='pallas' cannot take this call: {why}; use implementation='auto'")
     if platform == "tpu":
-        out = _splash(
-            q,
-            k,
-            v,
-            scale=scale,
-            causal=causal,
-            q_offset=q_offset,
-            kv_lengths=kv_lengths,
-            q_lengths=q_lengths,
-            window=window,
-            interpret=interpret,
-        )
+        masks = dict(causal=causal, q_offset=q_offset, kv_lengths=kv_lengths, q_lengths=q_lengths, window=window)
+        out = _splash(q, k, v, scale=scale, interpret=interpret, **masks)
     else:
         out = _pallas_gpu(q, k, v, scale=scale, causal=causal, interpret=interpret)
     return _zero_dead_rows(out, mask)
-
-
-register_implementation("cudnn", cudnn_attention)
-register_implementation("pallas", pallas_attention)

@@ -7,7 +7,7 @@ pure JAX, behind ``attention(..., implementation='chunked')``::
         m, l, acc = -inf, 0, 0                   running row max, row sum, unnormalised output
         for each key block j that block i sees:  (lax.fori_loop, bounds computed per i)
             s = (q_i * scale) k_j^T              [B*G, R*bq, bk]  only this block of scores exists
-            m, l, acc = online_softmax_update(m, l, acc, s, v_j)
+            m, l, acc = online_softmax_update(m, l, acc, s, v_j)     (model/kernels/blocks.py)
         out_i, lse_i = acc / l, m + log l
 
 The backward pass (a ``jax.custom_vjp``) stores only the output and the log-sum-exp per row and
@@ -21,14 +21,15 @@ attention never repeats k/v: the R query heads that share a key/value head are s
 of one matmul (``[R*bq, Dh] x [Dh, bk]``).
 
 Masks are never materialised in full. For each query block the key blocks split into three ranges
-computed from causal, window, q_offset and kv_lengths (:meth:`_Static.k_block_ranges`): wholly
-masked blocks are never visited (dynamic loop bounds, so their FLOPs are really skipped: causal
-attention does about half the work of full attention), wholly visible blocks run a loop body with
-no mask arithmetic, and only the partly masked ones (the causal diagonal, window edges, padding)
-build their mask from positions (iota) in a second loop. :func:`block_schedule` exposes the ranges.
+computed from causal, window, q_offset and kv_lengths (:meth:`_Static.k_block_ranges`, from
+:class:`~model.kernels.blocks.MaskInfo`): wholly masked blocks are never visited (dynamic loop
+bounds, so their FLOPs are really skipped: causal attention does about half the work of full
+attention), wholly visible blocks run a loop body with no mask arithmetic, and only the partly
+masked ones (the causal diagonal, window edges, padding) build their mask from positions (iota) in
+a second loop. :func:`block_schedule` exposes the ranges.
 Padded queries (``q_lengths``) are zeroed outside the kernel, so their gradient is zero too.
 
-Why it looks the way it does on CPU (measured, experiments/bench_attention.py): 128 x 128 blocks keep
+Why it looks the way it does on CPU (measured, experiments/bench/attention.py): 128 x 128 blocks keep
 a step's score block in cache (256 and 512 were slower); the blocks are ``[B*G, rows, Dh]`` so that every
 matmul is a plain batched matmul over one batch axis with canonical layouts; the scale is folded into
 q once (exact in float32 up to one rounding of q; for other dtypes only when it is a power of two, else
@@ -44,8 +45,8 @@ Per-device code: the kernel runs unchanged under ``jax.pmap``, ``vmap`` and insi
 replicated over an axis the others are split on, e.g. one key/value head shared by query heads split
 over devices, is summed over that axis); tests/test_transforms.py checks each.
 
-Small importable pieces (reused by ring attention): :func:`block_scores`, :func:`online_softmax_update`,
-:func:`finalize`, :func:`merge_partials`, :func:`block_grads`, :func:`block_mask`, :class:`MaskInfo`.
+The mask rule, the online-softmax update, finalize and the block backward are the shared ones of
+model/kernels/blocks.py (ring attention uses the same); this module is the blocked loop around them.
 """
 
 from __future__ import annotations
@@ -57,169 +58,16 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from model.attention import default_scale, register_implementation
+from model.kernels.blocks import MaskInfo, default_scale, finalize, online_softmax_update, pattern_and_score_grads
 
 Array = jax.Array
 
-# Default block sizes, measured on the 2-core AVX-512 CPU (B=4, H=8, Dh=64, causal, T=1024..4096, CPU
-# seconds of fwd and fwd+bwd): 128 x 128 beat 64, 256 and 512 (and mixed shapes) by 5-20%. A
-# [B, G, R*128, 128] float32 score block (2 MiB at B*H=32) stays in cache between the fused ops of a
-# step, and the causal diagonal wastes little; larger blocks make each matmul bigger but spill.
+# Default block sizes: on the 2-core AVX-512 CPU 128 x 128 beat 64, 256 and 512 and mixed shapes
+# (README, "Attention implementations"). A [B, G, R*128, 128] float32 score block (2 MiB at B*H=32)
+# stays in cache between the fused ops of a step, and the causal diagonal wastes little; larger
+# blocks make each matmul bigger but spill.
 BLOCK_Q = 128
 BLOCK_K = 128
-
-
-# ---------------------------------------------------------------------------- masks per block
-@dataclass(frozen=True)
-class MaskInfo:
-    """What decides which (query, key) pairs may attend; the dynamic parts are int32 arrays.
-
-    q_offset: ``[B or 1]`` absolute position of query 0; kv_lengths: ``[B]`` or None; k_len: real number
-    of keys (keys at or beyond it are padding added to fill a block). causal / window as in
-    model.attention.make_mask.
-    """
-
-    causal: bool
-    window: int | None
-    k_len: int
-    q_offset: Array
-    kv_lengths: Array | None
-
-    def key_range(self, q_min: Array, q_max: Array) -> tuple[Array, Array]:
-        """Keys ``[lo, hi)`` that some query with position in ``[q_min, q_max]`` may see (any batch row)."""
-        lo = jnp.int32(0)
-        hi = jnp.int32(self.k_len)
-        if self.causal:
-            hi = jnp.minimum(hi, q_max + 1)
-        elif self.window is not None:
-            hi = jnp.minimum(hi, q_max + self.window)
-        if self.window is not None:
-            lo = jnp.maximum(lo, q_min - self.window + 1)
-        if self.kv_lengths is not None:
-            hi = jnp.minimum(hi, jnp.max(self.kv_lengths))
-        return lo, jnp.maximum(hi, lo)
-
-    def full_range(self, q_min: Array, q_max: Array, block: int) -> tuple[Array, Array]:
-        """Key blocks ``[f_lo, f_hi)`` (of size ``block``) that every query in ``[q_min, q_max]`` sees wholly.
-
-        Blocks outside it are partly (or wholly) masked; the visible set is an interval because each
-        mask bounds the keys from below or from above.
-        """
-        first = jnp.int32(0)  # smallest key every query sees
-        last = jnp.int32(self.k_len - 1)  # largest key every query sees
-        if self.causal:
-            last = jnp.minimum(last, q_min)
-        if self.window is not None:
-            first = jnp.maximum(first, q_max - self.window + 1)
-            if not self.causal:
-                last = jnp.minimum(last, q_min + self.window - 1)
-        if self.kv_lengths is not None:
-            last = jnp.minimum(last, jnp.min(self.kv_lengths) - 1)
-        f_lo = (first + block - 1) // block
-        f_hi = jnp.maximum((last + 1) // block, 0)
-        return f_lo, f_hi
-
-
-def block_mask(info: MaskInfo, q_pos: Array, k_pos: Array) -> Array:
-    """Which pairs of one block may attend: q_pos ``[B or 1, Rq]`` and k_pos ``[bk]`` absolute positions.
-
-    Returns bool ``[B or 1, 1, Rq, bk]`` (True keeps), broadcasting over the kv-head axis of the scores.
-    """
-    qp = q_pos[:, None, :, None]
-    kp = k_pos[None, None, None, :]
-    keep = kp < info.k_len
-    if info.causal:
-        keep = keep & (kp <= qp)
-    if info.window is not None:
-        keep = keep & (kp > qp - info.window)
-        if not info.causal:
-            keep = keep & (kp < qp + info.window)
-    if info.kv_lengths is not None:
-        keep = keep & (kp < info.kv_lengths[:, None, None, None])
-    return keep
-
-
-# ---------------------------------------------------------------------------- per-block math
-def block_scores(q_blk: Array, k_blk: Array, scale: float) -> Array:
-    """Scaled scores of one block: q ``[B, G, Rq, Dh]``, k ``[B, G, bk, Dh]`` -> ``[B, G, Rq, bk]`` float32."""
-    s = jnp.einsum("bgqd,bgkd->bgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
-    return s * jnp.float32(scale)
-
-
-def online_softmax_update(m: Array, l: Array, acc: Array, s: Array, v_blk: Array) -> tuple[Array, Array, Array]:
-    """Fold one block of (already masked, -inf = masked) scores into the running softmax.
-
-    m, l: ``[B, G, Rq]`` running row max and row sum of exp(s - m); acc: ``[B, G, Rq, Dv]`` running
-    sum of exp(s - m) v, all float32. s: ``[B, G, Rq, bk]``; v_blk ``[B, G, bk, Dv]``.
-    A row that has seen only masked keys keeps m = -inf, l = 0, acc = 0 (never NaN).
-    """
-    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # all masked so far: exp(-inf - 0) = 0, not NaN
-    alpha = jnp.exp(m - m_use)
-    p = jnp.exp(s - m_use[..., None])
-    l = alpha * l + jnp.sum(p, axis=-1)
-    pv = jnp.einsum("bgqk,bgkd->bgqd", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
-    return m_new, l, alpha[..., None] * acc + pv
-
-
-def finalize(m: Array, l: Array, acc: Array) -> tuple[Array, Array]:
-    """Output ``acc / l`` (0 for wholly masked rows) and log-sum-exp ``m + log l`` (+inf for them)."""
-    alive = l > 0.0
-    out = acc / jnp.where(alive, l, 1.0)[..., None]
-    lse = jnp.where(alive, m + jnp.log(jnp.where(alive, l, 1.0)), jnp.inf)
-    return out, lse
-
-
-def merge_partials(out_a: Array, lse_a: Array, out_b: Array, lse_b: Array) -> tuple[Array, Array]:
-    """Combine two normalised partial results over disjoint key sets (e.g. ring attention hops).
-
-    out ``[..., Rq, Dv]`` float32 and lse ``[..., Rq]`` as returned by :func:`finalize`; a partial that saw
-    only masked keys (lse = +inf, out = 0) is ignored, and a row masked in both stays 0 with lse = +inf.
-    """
-    a_dead, b_dead = jnp.isinf(lse_a), jnp.isinf(lse_b)
-    la = jnp.where(a_dead, -jnp.inf, lse_a)
-    lb = jnp.where(b_dead, -jnp.inf, lse_b)
-    m = jnp.maximum(la, lb)
-    m_use = jnp.where(m == -jnp.inf, 0.0, m)
-    wa, wb = jnp.exp(la - m_use), jnp.exp(lb - m_use)
-    tot = wa + wb
-    alive = tot > 0.0
-    tot_safe = jnp.where(alive, tot, 1.0)
-    out = (wa[..., None] * out_a + wb[..., None] * out_b) / tot_safe[..., None]
-    lse = jnp.where(alive, m_use + jnp.log(tot_safe), jnp.inf)
-    return out, lse
-
-
-def block_grads(
-    q_blk: Array,
-    k_blk: Array,
-    v_blk: Array,
-    do_blk: Array,
-    lse_blk: Array,
-    delta_blk: Array,
-    scale: float,
-    mask: Array | None = None,
-) -> tuple[Array, Array, Array]:
-    """Gradient contributions of one (query block, key block) pair, recomputing its pattern.
-
-    q/do ``[B, G, Rq, Dh]``, k/v ``[B, G, bk, Dh]``, lse/delta ``[B, G, Rq]`` float32 (delta =
-    rowsum(do * out)), mask ``[B|1, 1, Rq, bk]`` or None. Returns (dq ``[B,G,Rq,Dh]``, dk, dv
-    ``[B,G,bk,Dh]``) float32, scale already applied to dq and dk.
-
-    The block is computed transposed, keys by queries (``[bk, Rq]``): then dv = p^T do and
-    dk = ds^T q are plain (N, N) matmuls, which XLA:CPU runs ~1.5x faster than ones contracting
-    the lhs's second-to-last axis; only dq keeps that form.
-    """
-    st = jnp.einsum("bgkd,bgqd->bgkq", k_blk, q_blk, preferred_element_type=jnp.float32) * jnp.float32(scale)
-    if mask is not None:
-        st = jnp.where(jnp.swapaxes(mask, -1, -2), st, -jnp.inf)
-    pt = jnp.exp(st - lse_blk[..., None, :])  # the block's attention pattern, recomputed, transposed
-    dv = jnp.einsum("bgkq,bgqd->bgkd", pt.astype(do_blk.dtype), do_blk, preferred_element_type=jnp.float32)
-    dpt = jnp.einsum("bgkd,bgqd->bgkq", v_blk, do_blk, preferred_element_type=jnp.float32)
-    dst = (pt * (dpt - delta_blk[..., None, :])).astype(q_blk.dtype)
-    dk = jnp.einsum("bgkq,bgqd->bgkd", dst, q_blk, preferred_element_type=jnp.float32) * jnp.float32(scale)
-    dq = jnp.einsum("bgkq,bgkd->bgqd", dst, k_blk, preferred_element_type=jnp.float32) * jnp.float32(scale)
-    return dq, dk, dv
 
 
 # ---------------------------------------------------------------------------- block layout
@@ -317,27 +165,16 @@ class _Static:
 def _make_static(
     q_shape, k_shape, causal, window, has_kv_lengths, scale, block_q, block_k, dtype=jnp.float32
 ) -> _Static:
-    batch, q_len, h, _ = q_shape
+    batch, q_len, heads, _ = q_shape
     mantissa = abs(float(scale)) and abs(float(scale)) / 2.0 ** round(math.log2(abs(float(scale))))
-    k_len, g = k_shape[1], k_shape[2]
+    fold = jnp.dtype(dtype) == jnp.float32 or mantissa == 1.0
+    k_len, groups = k_shape[1], k_shape[2]
     bq, nq = _plan(q_len, block_q)
     bk, nk = _plan(k_len, block_k)
+    rows = (heads // groups) * bq
+    # positional, in the order of the fields (each variable is named after its field)
     return _Static(
-        causal=causal,
-        window=window,
-        has_kv_lengths=has_kv_lengths,
-        q_len=q_len,
-        k_len=k_len,
-        heads=h,
-        bq=bq,
-        nq=nq,
-        bk=bk,
-        nk=nk,
-        scale=scale,
-        fold=jnp.dtype(dtype) == jnp.float32 or mantissa == 1.0,
-        batch=batch,
-        rows=(h // g) * bq,
-        groups=g,
+        causal, window, has_kv_lengths, q_len, k_len, heads, bq, nq, bk, nk, scale, fold, batch, groups, rows
     )
 
 
@@ -389,8 +226,8 @@ def _three_loops(lo, f_lo, f_hi, hi, step, carry):
 
 
 def _flat_mask(info: MaskInfo, st: _Static, i: Array, j: Array) -> Array:
-    """:func:`block_mask` of block (i, j) for the kernel's flattened batch axis: ``[B*G or 1, R*bq, bk]``."""
-    m = block_mask(info, *st.positions(info, i, j))  # [B|1, 1, Rq, bk]
+    """The mask of block (i, j) for the kernel's flattened batch axis: ``[B*G or 1, R*bq, bk]``."""
+    m = info.block(*st.positions(info, i, j))  # [B|1, 1, Rq, bk]
     if m.shape[0] == 1:
         return m[0]
     return jnp.broadcast_to(m, (m.shape[0], st.groups) + m.shape[2:]).reshape((-1,) + m.shape[2:])
@@ -416,13 +253,11 @@ def _forward_blocks(st: _Static, qb, kb, vb, q_offset, kv_lengths):
                 s = s * jnp.float32(st.scale)
             if masked:
                 s = jnp.where(_flat_mask(info, st, i, j), s, -jnp.inf)
-            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-            m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # all masked so far: exp(-inf - 0) = 0
-            alpha = jnp.exp(m - m_use)
-            p = jnp.exp(s - m_use[..., None])
-            l = alpha * l + jnp.sum(p, axis=-1)
-            pv = jnp.einsum("bqk,bkd->bqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
-            return m_new, l, alpha[..., None] * acc + pv
+
+            def pv(p):
+                return jnp.einsum("bqk,bkd->bqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
+
+            return online_softmax_update(m, l, acc, s, pv)
 
         init = (
             jnp.full((bg, rows), -jnp.inf, jnp.float32),
@@ -467,10 +302,11 @@ def _backward_blocks(st: _Static, qb, kb, vb, ob, lse, dob, q_offset, kv_lengths
                 st_ = st_ * jnp.float32(st.scale)
             if masked:
                 st_ = jnp.where(jnp.swapaxes(_flat_mask(info, st, i, j), -1, -2), st_, -jnp.inf)
-            pt = jnp.exp(st_ - lse[i][:, None, :])  # the block's attention pattern, recomputed, transposed
-            dv_ij = jnp.einsum("bkq,bqd->bkd", pt.astype(do_i.dtype), do_i, preferred_element_type=jnp.float32)
             dpt = jnp.einsum("bkd,bqd->bkq", v_j, do_i, preferred_element_type=jnp.float32)
-            dst = (pt * (dpt - delta[i][:, None, :])).astype(q_i.dtype)
+            # the block's attention pattern recomputed, and the scores' gradient, both transposed
+            pt, dst = pattern_and_score_grads(st_, lse[i][:, None, :], dpt, delta[i][:, None, :])
+            dv_ij = jnp.einsum("bkq,bqd->bkd", pt.astype(do_i.dtype), do_i, preferred_element_type=jnp.float32)
+            dst = dst.astype(q_i.dtype)
             dk_ij = jnp.einsum("bkq,bqd->bkd", dst, q_i, preferred_element_type=jnp.float32)
             # dq_i^T = k_j^T ds^T: a plain (N, N) matmul on k stored transposed (dq is kept transposed)
             dqt_i = jnp.einsum("bdk,bkq->bdq", kt_j, dst, preferred_element_type=jnp.float32)
@@ -571,23 +407,20 @@ def chunked_attention(
     return out
 
 
-def block_schedule(
-    q_len: int,
-    k_len: int,
-    *,
-    causal: bool = False,
-    q_offset: int | Array = 0,
-    kv_lengths: Array | None = None,
-    window: int | None = None,
-    block_q: int | None = None,
-    block_k: int | None = None,
-) -> Array:
+def block_schedule(q_len: int, k_len: int, *, block_q: int | None = None, block_k: int | None = None, **mask) -> Array:
     """The key blocks each query block visits, as the kernel's loops do: int32 ``[nq, 4]``.
 
     Row i is ``(j_lo, f_lo, f_hi, j_hi)``: blocks ``[j_lo, j_hi)`` are computed, ``[f_lo, f_hi)`` of them
     without a mask; all others are skipped. ``sum(j_hi - j_lo)`` is the number of block pairs computed
     (e.g. about half of them for causal attention), which is how the tests check the skipping.
+    ``mask``: ``causal``, ``q_offset``, ``kv_lengths``, ``window`` as in :func:`chunked_attention`.
     """
+    if set(mask) - {"causal", "q_offset", "kv_lengths", "window"}:
+        raise TypeError(
+            f"block_schedule: unknown mask arguments {sorted(set(mask) - {'causal', 'q_offset', 'kv_lengths', 'window'})}"
+        )
+    causal, window = bool(mask.get("causal", False)), mask.get("window")
+    q_offset, kv_lengths = mask.get("q_offset", 0), mask.get("kv_lengths")
     st = _make_static(
         (1, q_len, 1, 1),
         (1, k_len, 1, 1),
@@ -604,36 +437,4 @@ def block_schedule(
     return jax.vmap(lambda i: jnp.stack(st.k_block_ranges(info, i)))(jnp.arange(st.nq, dtype=jnp.int32))
 
 
-def _registered(q, k, v, *, mask=None, scale, causal, q_offset, kv_lengths, q_lengths, window, **_):
-    # The blocks build their own masks from the mask arguments; ``needs_dense_mask = False`` below tells
-    # the entry point not to build the dense [Q, K] mask at all (mask is None here).
-    del mask
-    return chunked_attention(
-        q,
-        k,
-        v,
-        causal=causal,
-        q_offset=q_offset,
-        kv_lengths=kv_lengths,
-        q_lengths=q_lengths,
-        window=window,
-        scale=scale,
-    )
-
-
-_registered.needs_dense_mask = False
-register_implementation("chunked", _registered)
-
-__all__ = [
-    "BLOCK_K",
-    "BLOCK_Q",
-    "MaskInfo",
-    "block_grads",
-    "block_mask",
-    "block_schedule",
-    "block_scores",
-    "chunked_attention",
-    "finalize",
-    "merge_partials",
-    "online_softmax_update",
-]
+__all__ = ["BLOCK_K", "BLOCK_Q", "block_schedule", "chunked_attention"]

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from model import attention as attn
+from model.kernels.blocks import default_scale, finalize, online_softmax_update, pattern_and_score_grads, visible
 
 Array = jax.Array
 
@@ -58,22 +58,14 @@ class _RingCfg:
 def _block_mask(cfg: _RingCfg, q_block, kv_block, q_len, k_len, kv_lengths, q_lengths):
     """Which (query, key) pairs of this pair of blocks may attend: ``[B or 1, Q, K]`` bool, or None.
 
-    q_block / kv_block are the (traced) indices of the blocks along the ring; positions are global.
+    q_block / kv_block are the (traced) indices of the blocks along the ring; positions are global,
+    the rule is :func:`model.kernels.blocks.visible`; padded queries (``q_lengths``) are masked whole.
     """
     qi = q_block * q_len + jnp.arange(q_len, dtype=jnp.int32)  # global query index  [Q]
-    qp = (cfg.q_offset + qi)[:, None]  # query positions [Q, 1]
-    kp = (kv_block * k_len + jnp.arange(k_len, dtype=jnp.int32))[None, :]  # key positions [1, K]
-    keep = None
-    if cfg.window is not None:  # the same rule as attn.sliding_window_mask
-        keep = kp > qp - cfg.window
-        keep = keep & (kp <= qp) if cfg.causal else keep & (kp < qp + cfg.window)
-    elif cfg.causal:
-        keep = kp <= qp
-    if keep is not None:
-        keep = keep[None]  # [1, Q, K]
-    if kv_lengths is not None:
-        pad = kp[None] < kv_lengths[:, None, None]  # [B, 1, K]
-        keep = pad if keep is None else keep & pad
+    qp = (cfg.q_offset + qi)[None, :, None]  # query positions [1, Q, 1]
+    kp = (kv_block * k_len + jnp.arange(k_len, dtype=jnp.int32))[None, None, :]  # key positions [1, 1, K]
+    kv = None if kv_lengths is None else kv_lengths[:, None, None]  # [B, 1, 1]
+    keep = visible(qp, kp, causal=cfg.causal, window=cfg.window, kv_lengths=kv)
     if q_lengths is not None:
         pad = qi[None, :, None] < q_lengths[:, None, None]  # [B, Q, 1]
         keep = pad if keep is None else keep & pad
@@ -91,31 +83,27 @@ def _scores(cfg, q, k, mask):
 def _forward_block(cfg, q, k, v, mask, m, l, acc):
     """Fold one key/value block into the running (max m, sum l, output acc) of the online softmax.
 
-    m, l ``[B,Q,G,R]`` float32; acc ``[B,Q,G,R,Dv]`` float32 (unnormalised). A query with no key seen so
-    far keeps m = -inf; the shift m_safe = 0 then keeps every exp finite (it is exp(-inf) = 0).
+    m, l ``[B,Q,G,R]`` float32; acc ``[B,Q,G,R,Dv]`` float32 (unnormalised); the step is
+    :func:`model.kernels.blocks.online_softmax_update`.
     """
-    s = _scores(cfg, q, k, mask)
-    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-    p = jnp.exp(s - m_safe[..., None])
-    correction = jnp.exp(m - m_safe)  # rescales what was accumulated under the old max
-    l = l * correction + jnp.sum(p, axis=-1)
-    pv = jnp.einsum("bqgrk,bkgd->bqgrd", p, v, preferred_element_type=jnp.float32)
-    acc = acc * correction[..., None] + pv
-    return m_new, l, acc
+
+    def pv(p):
+        return jnp.einsum("bqgrk,bkgd->bqgrd", p, v, preferred_element_type=jnp.float32)
+
+    return online_softmax_update(m, l, acc, _scores(cfg, q, k, mask), pv)
 
 
 def _backward_block(cfg, q, k, v, do, lse, delta, mask, dq, dk, dv):
     """Add one block pair's share to dq ``[B,Q,G,R,Dh]``, dk ``[B,K,G,Dh]``, dv ``[B,K,G,Dv]`` (float32).
 
-    The pattern is recomputed as exp(s - lse); ds = p * (dp - delta) with delta = sum(do * out) per query
-    is the softmax's backward (the flash-attention-2 formulation).
+    The pattern and the scores' gradient come from :func:`model.kernels.blocks.pattern_and_score_grads`
+    (lse = +inf for a query that sees no key: p = 0).
     """
     s = _scores(cfg, q, k, mask)
-    p = jnp.exp(s - lse[..., None])  # lse = +inf for a query that sees no key: p = 0
-    dv = dv + jnp.einsum("bqgrk,bqgrd->bkgd", p, do, preferred_element_type=jnp.float32)
     dp = jnp.einsum("bqgrd,bkgd->bqgrk", do, v, preferred_element_type=jnp.float32)
-    ds = p * (dp - delta[..., None]) * jnp.float32(cfg.scale)
+    p, ds = pattern_and_score_grads(s, lse[..., None], dp, delta[..., None])
+    dv = dv + jnp.einsum("bqgrk,bqgrd->bkgd", p, do, preferred_element_type=jnp.float32)
+    ds = ds * jnp.float32(cfg.scale)
     dq = dq + jnp.einsum("bqgrk,bkgd->bqgrd", ds, k, preferred_element_type=jnp.float32)
     dk = dk + jnp.einsum("bqgrk,bqgrd->bkgd", ds, q, preferred_element_type=jnp.float32)
     return dq, dk, dv
@@ -174,9 +162,7 @@ def _ring_forward(cfg: _RingCfg, q, k, v, lengths):
 
     k, v, m, l, acc = lax.fori_loop(0, n - 1, body, (k, v, m, l, acc))
     m, l, acc = fold(n - 1, k, v, m, l, acc)  # the last block needs no further hop
-    seen = l > 0.0
-    out = acc / jnp.where(seen, l, 1.0)[..., None]  # a query that sees no key gets 0, never NaN
-    lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
+    out, lse = finalize(m, l, acc)  # a query that sees no key gets 0, never NaN
     return out.astype(q.dtype), lse
 
 
@@ -289,7 +275,7 @@ def ring_attention(
         axis_name=axis_name,
         causal=bool(causal),
         window=window,
-        scale=float(attn.default_scale(q.shape[-1]) if scale is None else scale),
+        scale=float(default_scale(q.shape[-1]) if scale is None else scale),
         q_offset=q_offset,
     )
     g = k.shape[2]
@@ -307,22 +293,3 @@ def ring_attention(
         axis_names=frozenset({axis_name}),
     )(q5, k, v, lengths)
     return einops.rearrange(out, "b t g r d -> b t (g r) d")
-
-
-def _ring_implementation(q, k, v, *, mask, scale, causal, q_offset, kv_lengths, q_lengths, window):
-    """``attention(..., implementation='ring')``: ring attention over the current mesh's 'sequence' axis."""
-    del mask  # rebuilt block by block from positions; the [Q, K] mask would defeat the purpose
-    return ring_attention(
-        q,
-        k,
-        v,
-        causal=causal,
-        scale=scale,
-        q_offset=q_offset,
-        window=window,
-        kv_lengths=kv_lengths,
-        q_lengths=q_lengths,
-    )
-
-
-attn.register_implementation("ring", _ring_implementation)
