@@ -6,7 +6,7 @@
 A run directory holds::
 
     config.json      the resolved RunConfig (model.vocab_size raised to the data's if it was smaller)
-    vocab.json       the data's vocabulary (train/data.py), so sampling needs no corpus
+    vocab.json       the data's vocabulary (train/data/), so sampling needs no corpus
     metrics.jsonl    one JSON object per line: {"step", "kind": "train"|"eval", metrics...}
     checkpoints/     Orbax checkpoints <step>/{state,meta} (train/checkpoint.py)
     loss.png         training and evaluation loss (and accuracy) against step
