@@ -20,7 +20,8 @@ from model.transformer import Transformer
 from train.config import ConfigError, RunConfig, TrainConfig, apply_overrides
 from train.data import DataConfig
 from train.distributed import sharding_plan
-from train.loop import read_metrics, train
+from train.loop import train
+from train.report import read_metrics
 from train.step import abstract_state, make_optimizer
 
 T = 16
