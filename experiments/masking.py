@@ -64,6 +64,7 @@ def token_losses(model, params, tokens: jax.Array, *, decode: bool) -> jax.Array
     Jittable (wrap in a closure: ``decode`` is static).
     """
     from model.transformer import init_cache
+    from model.transformer import token_losses as cross_entropies
 
     if decode:
 
@@ -77,8 +78,7 @@ def token_losses(model, params, tokens: jax.Array, *, decode: bool) -> jax.Array
         logits = jnp.swapaxes(logits, 0, 1)  # [B, T-1, V]
     else:
         logits = model.apply({"params": params}, tokens[:, :-1])
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    return cross_entropies(logits, tokens[:, 1:])
 
 
 def evaluate_run(run_dir: Path, n_windows: int, prompt_len: int, long_len: int = 0) -> dict[str, Any]:

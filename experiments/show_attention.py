@@ -6,7 +6,8 @@
 
 One forward pass with ``model.transformer.attention_patterns`` gives ``[L, B, H, T, T]``; the figure
 has one panel per (layer, head), rows = queries (the token doing the looking), columns = keys,
-labelled with the prompt's tokens when the prompt is short enough to read. A character outside
+labelled with the prompt's tokens when the prompt is short enough to read (``train.report.plot_attention``,
+which draws a run's attention.png too). A character outside
 the run's vocabulary, a prompt longer than the model's context, or a directory that is not a run
 gives one line ``error: ...`` naming the fix, and exit code 2.
 """
@@ -19,9 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import pyplot
-
-LABEL_LIMIT = 48  # tick labels on each panel up to this many tokens
+from train.report import join_labels, plot_attention
 
 
 def patterns_for_prompt(run_dir: str | Path, prompt: str, step: int | None = None):
@@ -51,37 +50,6 @@ def patterns_for_prompt(run_dir: str | Path, prompt: str, step: int | None = Non
     return np.asarray(pat)[:, 0], labels, cfg
 
 
-def _show(label: str) -> str:
-    return {"\n": "\\n", " ": "␣", "\t": "\\t"}.get(label, label)
-
-
-def draw(patterns: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
-    """One panel per (layer, head) of ``patterns`` [L, H, T, T] (rows: queries, columns: keys) into ``path``."""
-    plt = pyplot()
-    n_layers, n_heads, t, _ = patterns.shape
-    size = 2.2 + 0.06 * min(t, LABEL_LIMIT)
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(size * n_heads, size * n_layers), squeeze=False)
-    ticks = [_show(s) for s in labels]
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            ax = axes[layer, head]
-            ax.imshow(patterns[layer, head], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
-            if t <= LABEL_LIMIT:
-                ax.set_xticks(range(t), ticks, fontsize=5, rotation=90)
-                ax.set_yticks(range(t), ticks, fontsize=5)
-            else:
-                ax.set_xticks([])
-                ax.set_yticks([])
-    axes[-1, 0].set_xlabel("key (attended to)")
-    axes[-1, 0].set_ylabel("query (attending)")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m experiments.show_attention",
@@ -104,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or Path(args.run_dir) / "attention_prompt.png"
-    text = "".join(labels) if all(len(s) == 1 for s in labels) else " ".join(labels)
-    title = f"{cfg.name}: {cfg.model.n_layers} layers x {cfg.model.n_heads} heads on {text[:60]!r}"
-    draw(pat, labels, out, title)
+    title = f"{cfg.name}: {cfg.model.n_layers} layers x {cfg.model.n_heads} heads on {join_labels(labels)[:60]!r}"
+    plot_attention(pat, labels, out, title, ticks=True, dpi=120)  # the run's attention plot, with token ticks
     print(f"wrote {out} ({pat.shape[0]} layers x {pat.shape[1]} heads, {pat.shape[2]} tokens)")
     return 0
 

@@ -10,7 +10,6 @@ name to mesh axes ('data', 'fsdp', 'sequence', 'tensor') plus a mesh shape; no m
     with use_mesh(mesh, rules):
         params = init_params(model, jax.random.key(0), tokens, mesh, rules)   # born sharded
         opt_state = init_opt_state(optax.adamw(1e-3), params, mesh, rules)    # moments shard like params
-        batch = shard_batch(batch, mesh, rules)                               # [B, T] over data x fsdp
 
 Parameters' 'embed' and activations' 'act_embed' are two names on purpose: FSDP shards the weights
 along the model width over 'fsdp' while the batch of activations is split over 'fsdp' too, and one
@@ -395,23 +394,6 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     check_mesh(mesh, rules)
     logical = ("batch", "length", *([None] * (ndim - 2)))[:ndim]
     return NamedSharding(mesh, logical_to_spec(logical, rules, what="batch"))
-
-
-def shard_batch(batch, mesh: Mesh, rules: Rules):
-    """Place a batch (an array or a dict of ``[B, T]`` / ``[B]`` arrays) on the mesh, split by the rules.
-
-    In a multi-process run each process passes its own rows (``B / process_count`` of them); the
-    global batch is assembled with ``jax.make_array_from_process_local_data``.
-    """
-
-    def put(path, x):
-        x = np.asarray(x)
-        sharding = batch_sharding(mesh, rules, x.ndim)
-        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-        check_divisible(mesh, sharding.spec, jax.ShapeDtypeStruct(global_shape, x.dtype), what=f"batch {path!r}")
-        return jax.make_array_from_process_local_data(sharding, x, global_shape)
-
-    return jax.tree_util.tree_map_with_path(lambda p, x: put(_path_str(p) or "array", x), batch)
 
 
 _RULES_STACK: list[tuple[Mesh, Rules]] = []

@@ -5,7 +5,8 @@
     logits = jax.jit(model.apply)({"params": params}, tokens)       # [B, T, V] float32
 
 tokens ``[B, T]`` int -> embed (+ positions) -> L blocks (scanned or unrolled) -> norm -> unembed ->
-logits ``[B, T, V]``; next-token cross-entropy is in :func:`next_token_loss`. With ``embed_scale`` the
+logits ``[B, T, V]``; next-token cross-entropy is :func:`token_losses` (per position) and
+:func:`next_token_loss` (their mean). With ``embed_scale`` the
 token embeddings are multiplied by sqrt(d_model) before positions are added (Vaswani et al. 2017, 3.4);
 the tied unembedding uses the unscaled table, as in the paper.
 
@@ -114,13 +115,23 @@ class Transformer(nn.Module):
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))  # no-op outside use_mesh
 
 
+def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """The next-token cross-entropy of every position, ``-log softmax(logits)[target]``: ``[B, T]`` float32.
+
+    logits ``[B, T, V]``, targets ``[B, T]`` int. The one cross-entropy of the project: the mean
+    (:func:`next_token_loss`), the training step's masked sums (train/step.py) and the experiments'
+    per-token losses are all computed from it.
+    """
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
 def next_token_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array | None = None) -> jax.Array:
     """Mean cross-entropy of predicting ``targets`` ``[B, T]`` from ``logits`` ``[B, T, V]``, in float32.
 
     ``loss_mask`` ``[B, T]`` (1 = counts) restricts the mean to some positions (e.g. the answers of a
     recall task); a batch with no counted position has loss 0.
     """
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    losses = token_losses(logits, targets)
     if loss_mask is None:
         return jnp.mean(losses)
     m = loss_mask.astype(jnp.float32)
@@ -144,3 +155,15 @@ def init_cache(model: Transformer, batch_size: int):
     tokens = jnp.zeros((batch_size, 1), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, decode=True))["cache"]
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def unroll_layers(params: dict, n_layers: int) -> dict:
+    """Scanned parameters (``params['blocks']`` with a leading layer axis) as ``block_0 .. block_{L-1}``.
+
+    The parameters of ``Transformer(config.replace(scan_layers=False))``: sampling runs unrolled blocks.
+    """
+    params = dict(params)
+    blocks = params.pop("blocks")
+    for i in range(n_layers):
+        params[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], blocks)
+    return params

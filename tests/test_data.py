@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 import train.data as data
+import train.data.text as data_text
 from train.data import DataConfig, build_dataset, load_dataset_for_run
+from train.data.__main__ import main as data_main
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 8
@@ -162,13 +164,13 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
     cache = tmp_path / "elsewhere"
     monkeypatch.setenv(data.CACHE_ENV, str(cache))
     cfg = DataConfig(task="text", path=_write(tmp_path, TEXT))
-    count = data.ENCODE_COUNT
+    count = data_text.ENCODE_COUNT
     ds = build_dataset(cfg, 16)
-    assert data.ENCODE_COUNT == count + 1
+    assert data_text.ENCODE_COUNT == count + 1
     assert ds.cache_path.parent == cache and isinstance(ds.tokens, np.memmap)
     mtime = ds.cache_path.stat().st_mtime_ns
     ds2 = build_dataset(cfg, 16)
-    assert data.ENCODE_COUNT == count + 1, "the second build encoded again instead of using the cache"
+    assert data_text.ENCODE_COUNT == count + 1, "the second build encoded again instead of using the cache"
     assert ds2.cache_path == ds.cache_path and ds2.cache_path.stat().st_mtime_ns == mtime
     assert isinstance(ds2.tokens, np.memmap) and ds2.chars == ds.chars
     np.testing.assert_array_equal(np.asarray(ds2.tokens), np.asarray(ds.tokens))
@@ -176,7 +178,7 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
     build_dataset(cfg.replace(level="byte"), 16)
     _write(tmp_path, TEXT + "more")
     ds3 = build_dataset(cfg, 16)
-    assert data.ENCODE_COUNT == count + 3 and ds3.cache_path != ds.cache_path
+    assert data_text.ENCODE_COUNT == count + 3 and ds3.cache_path != ds.cache_path
     assert ds3.decode(np.asarray(ds3.tokens)) == TEXT + "more"
 
 
@@ -219,9 +221,9 @@ def test_cache_survives_a_crash_while_writing(tmp_path, monkeypatch):
 
     # a cache file truncated by something else (not our atomic writer) is detected and rebuilt
     ds.cache_path.write_bytes(ds.cache_path.read_bytes()[:100])
-    count = data.ENCODE_COUNT
+    count = data_text.ENCODE_COUNT
     ds2 = build_dataset(cfg, 16)
-    assert data.ENCODE_COUNT == count + 1 and ds2.decode(np.asarray(ds2.tokens)) == TEXT
+    assert data_text.ENCODE_COUNT == count + 1 and ds2.decode(np.asarray(ds2.tokens)) == TEXT
 
 
 # ---------------------------------------------------------------------- errors
@@ -259,7 +261,7 @@ def test_text_errors_are_one_line_and_name_the_fix(tmp_path, monkeypatch):
     assert "position 5" in _one_line(e) and "data.level=byte" in str(e.value)
 
     # no data.path and no tiny Shakespeare anywhere: name both fixes
-    monkeypatch.setattr(data, "DEFAULT_TEXT_CANDIDATES", (tmp_path / "a.txt", tmp_path / "b.txt"))
+    monkeypatch.setattr(data_text, "DEFAULT_TEXT_CANDIDATES", (tmp_path / "a.txt", tmp_path / "b.txt"))
     with pytest.raises(ValueError) as e:
         build_dataset(DataConfig(task="text"), 8)
     assert "python -m train.data download" in _one_line(e) and "data.path=FILE" in str(e.value)
@@ -391,7 +393,7 @@ def test_download_offline_error_is_one_line(tmp_path, capsys):
     with pytest.raises(data.DownloadError, match="could not download") as e:
         data.download(url, out, timeout=5)
     assert "data.path=FILE" in _one_line(e) and not out.exists()
-    assert data.main(["download", "--url", url, "--out", str(out), "--timeout", "5"]) == 1
+    assert data_main(["download", "--url", url, "--out", str(out), "--timeout", "5"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: could not download") and err.count("\n") == 1
     # the real command: non-zero exit, one line, no traceback

@@ -19,7 +19,8 @@ import pytest
 from train.config import ConfigError, apply_overrides, get_preset
 from train.data import CACHE_ENV
 from train.distributed import initialize
-from train.loop import read_metrics, train
+from train.loop import train
+from train.report import read_metrics
 
 OVERRIDES = [
     "model.d_model=32",

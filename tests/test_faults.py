@@ -23,7 +23,8 @@ from model.config import ModelConfig
 from train.checkpoint import Checkpointer, CheckpointError, tree_equal
 from train.config import RunConfig, RunDirError, TrainConfig, load_run_config
 from train.data import DataConfig
-from train.loop import NonFiniteError, read_metrics, train
+from train.loop import NonFiniteError, train
+from train.report import read_metrics
 from train.step import build_steps
 
 T = 16

@@ -2,7 +2,7 @@
 
 Reference: the same model, params and batch on a single device with no mesh (reference attention).
 Under test: params placed by the rules (param_shardings), moments sharded like them (init_opt_state),
-a batch split by the rules (shard_batch), one train step jitted with in/out shardings on 8 CPU devices.
+a batch split by the rules (train.distributed.put_batch), one train step jitted with in/out shardings on 8 CPU devices.
 Tolerance 1e-5 absolute in float32 (matmuls at 'highest' precision, set in conftest). Adam divides
 each gradient by its own running RMS, which magnifies last-bit differences of near-zero gradients
 into parameter differences proportional to the learning rate; lr = 1e-3 keeps them well below 1e-5
@@ -20,6 +20,7 @@ import pytest
 from model import sharding as sh
 from model.config import get_preset
 from model.transformer import Transformer, next_token_loss
+from train.distributed import put_batch
 
 ATOL = 1e-5  # float32
 CFG = get_preset("tiny")  # V=64, T=32, L=2, D=32, H=4, F=128
@@ -88,7 +89,7 @@ def test_strategy_matches_single_device(strategy, reference):
         # from host copies: the step donates its inputs, and the reference's buffers must survive
         params = jax.device_put(jax.tree.map(np.asarray, ref_params), sh.param_shardings(mesh, ref_params, rules))
         opt_state = sh.init_opt_state(optimizer, params, mesh, rules)
-        data = sh.shard_batch(batch(), mesh, rules)
+        data = put_batch(batch(), mesh, rules)
         p_sh = jax.tree.map(lambda x: x.sharding, params)
         o_sh = jax.tree.map(lambda x: x.sharding, opt_state)
         b_sh = sh.batch_sharding(mesh, rules)

@@ -24,7 +24,8 @@ from model.config import ModelConfig
 from train.checkpoint import Checkpointer, tree_equal
 from train.config import RunConfig, RunDirError, SetupError, TrainConfig
 from train.data import DataConfig
-from train.loop import read_metrics, train
+from train.loop import train
+from train.report import read_metrics
 from train.step import build_steps
 
 T = 16

@@ -16,12 +16,12 @@ import pytest
 import train.data as data
 from model.config import ModelConfig
 from model.sharding import MeshConfig
-from model.transformer import Transformer
 from train.config import ConfigError, RunConfig, TrainConfig, apply_overrides
 from train.data import DataConfig
 from train.distributed import sharding_plan
-from train.loop import read_metrics, train
-from train.step import abstract_state, make_optimizer
+from train.loop import train
+from train.report import read_metrics
+from train.step import state_shapes
 
 T = 16
 # 8 heads and a vocabulary of 48 so that 8-way tensor parallelism divides both; width 32 for 8-way FSDP
@@ -103,7 +103,7 @@ def test_fsdp_state_is_split_over_the_devices():
     plan = sharding_plan(cfg)
     params = plan.state_sharding.params
     # each parameter's sharding says how much of it one device holds: the matrices are split 8 ways
-    shapes = abstract_state(Transformer(cfg.model), make_optimizer(cfg.train)[0], cfg.seq_len)
+    shapes = state_shapes(cfg.model, cfg.train, cfg.seq_len)
     total = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes.params))
     per_device = sum(
         int(np.prod(sh.shard_shape(s.shape)))

@@ -26,7 +26,6 @@ from train.step import (
     TrainState,
     build_steps,
     decay_mask,
-    init_state,
     loss_and_grads,
     make_schedule,
     make_train_step,
@@ -199,9 +198,11 @@ def test_sharded_step_matches_single_device_and_keeps_shardings(setup):
     batch = build_dataset(DataConfig(task="induction", vocab_size=8), T).batch("train", 0, 8, T)
     plain, m_plain = setup.train_step(setup.fresh_state(), batch)
 
-    sharded = init_state(model, tx, seed=0, seq_len=T, state_sharding=replicated)  # born replicated on 8 devices
+    sharded_steps = build_steps(TINY, tc, T, state_sharding=replicated, batch_sharding=by_batch)
+    assert sharded_steps.model is model and sharded_steps.tx is tx  # built once per configs, sharded or not
+    sharded = sharded_steps.init()  # born replicated on 8 devices
     assert all(leaf.sharding == replicated for leaf in jax.tree.leaves(sharded))
-    step = make_train_step(model, tx, tc, setup.schedule, state_sharding=replicated, batch_sharding=by_batch)
+    step = sharded_steps.train_step
     sharded, m_sharded = step(sharded, jax.device_put(batch, by_batch))
     assert isinstance(sharded, TrainState)
     assert all(leaf.sharding == replicated for leaf in jax.tree.leaves(sharded))

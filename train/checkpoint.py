@@ -3,12 +3,13 @@
 ``state`` is the TrainState (params, optimizer state, step), written by Orbax's StandardSave
 (array files and JSON metadata, no pickle); ``meta`` is JSON: the step, the data position (equal to
 the step, since batch number s is a pure function of (data.seed, s)) and the run's config. Loading
-never executes code: arrays are read into an abstract target (``train.step.abstract_state``, built
-with ``jax.eval_shape``), so they land with the target's shapes, dtypes and shardings.
+never executes code: arrays are read into an abstract target (``Steps.abstract_state()`` of
+train/step.py, built with ``jax.eval_shape``), so they land with the target's shapes, dtypes and shardings.
 
     ckpt = Checkpointer(run_dir / "checkpoints", keep=3)
     ckpt.save(state, {"step": 100, "data_position": 100, "config": cfg.to_dict()})
-    state, meta = ckpt.restore(abstract_state(model, tx, seq_len))   # the newest checkpoint
+    state, meta = ckpt.restore(steps.abstract_state())   # the newest checkpoint (steps = build_steps(...))
+    tree_equal(state, other)                             # bitwise comparison, e.g. of a resumed run's state
 
 Faults: a save that cannot be written (read-only or full disk) raises :class:`CheckpointError` (one
 line, naming the step and the newest checkpoint that is still intact; Orbax writes into a tmp

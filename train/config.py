@@ -142,7 +142,7 @@ class RunConfig:
 
     name: str  # the preset's name; also the prefix of the default run directory
     model: ModelConfig  # the network (model/config.py)
-    data: DataConfig  # what it reads (train/data.py)
+    data: DataConfig  # what it reads (train/data/)
     train: TrainConfig  # how it is trained
     run_dir: str | None = None  # where the run is written; None means runs/<name>-<date>-<time>
     goal: str | None = None  # success criterion on the final evaluation: '<metric> <= x' or '<metric> >= x'
@@ -295,7 +295,7 @@ def _nanogpt_shakespeare_char(name: str, model: ModelConfig, goal: str, *, steps
 def induction() -> RunConfig:
     """The main job: a 2-layer attention-only transformer learns to continue repeated random tokens, in seconds on a CPU.
 
-    Task (train/data.py 'induction', after Olsson et al. 2022, "In-context learning and induction
+    Task (train/data/synthetic.py 'induction', after Olsson et al. 2022, "In-context learning and induction
     heads"): BOS, 32 random tokens over 16 symbols, the same 32 tokens again. The loss and the
     accuracy count only the second half, where the next token is predictable from the context (chance
     is 1/16); without attention to earlier tokens it cannot be predicted. Success: val_accuracy >= 0.9.

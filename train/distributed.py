@@ -26,7 +26,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from model.sharding import batch_sharding, check_divisible, get_rules, make_mesh, state_shardings, use_mesh
-from model.transformer import Transformer
 from train.config import ConfigError, RunConfig
 
 ENV_ADDRESS, ENV_NUM, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
@@ -72,16 +71,23 @@ class ShardingPlan:
     batch_sharding: NamedSharding  # of a [B, T] batch array
 
     def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Place a batch that every process computed whole (the data is a pure function of the step).
+        """:func:`put_batch` on this plan's mesh and rules."""
+        return put_batch(batch, self.mesh, self.rules)
 
-        Each process fills only its own devices' slices, so this works across hosts without moving data.
-        """
-        out = {}
-        for k, x in batch.items():
-            x = np.asarray(x)
-            sh = batch_sharding(self.mesh, self.rules, x.ndim)
-            out[k] = jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx])
-        return out
+
+def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules) -> dict[str, jax.Array]:
+    """Place a batch that every process computed whole (the data is a pure function of the step) on ``mesh``.
+
+    Arrays ``[B, T, ...]`` (or ``[B]``) are split by the rules' 'batch' and 'length' axes. Each process
+    fills only its own devices' slices, so this works across hosts without moving data. The one way
+    a batch is placed on a mesh (the training loop, the sharding tests).
+    """
+    out = {}
+    for k, x in batch.items():
+        x = np.asarray(x)
+        sh = batch_sharding(mesh, rules, x.ndim)
+        out[k] = jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx])
+    return out
 
 
 def sharding_plan(cfg: RunConfig, devices=None) -> ShardingPlan | None:
@@ -91,7 +97,7 @@ def sharding_plan(cfg: RunConfig, devices=None) -> ShardingPlan | None:
     MeshConfig(data=2) trains on two devices of eight), else all of them. A mesh that does not fit the
     devices, or a dimension a mesh axis does not divide, raises ConfigError (one line) before compiling.
     """
-    from train.step import abstract_state, make_optimizer  # the same shapes train/step.py builds
+    from train.step import state_shapes  # the model and optimizer train/step.py builds, built once
 
     if devices is None:
         devices = jax.devices()
@@ -103,10 +109,8 @@ def sharding_plan(cfg: RunConfig, devices=None) -> ShardingPlan | None:
         if mesh.devices.size == 1 and jax.process_count() == 1:
             return None
         rules = get_rules(cfg.sharding)
-        model = Transformer(cfg.model)
-        tx, _ = make_optimizer(cfg.train)
         with use_mesh(mesh, rules):  # ring attention looks for its mesh even when only shapes are traced
-            shapes = abstract_state(model, tx, cfg.seq_len)
+            shapes = state_shapes(cfg.model, cfg.train, cfg.seq_len)
         s_sharding = state_shardings(mesh, shapes, shapes.params, rules)
         b_sharding = batch_sharding(mesh, rules)
         # the batch must split evenly over the mesh axes that hold its rows and positions
@@ -117,4 +121,4 @@ def sharding_plan(cfg: RunConfig, devices=None) -> ShardingPlan | None:
     return ShardingPlan(mesh, rules, s_sharding, b_sharding)
 
 
-__all__ = ["initialize", "sharding_plan", "ShardingPlan"]
+__all__ = ["initialize", "sharding_plan", "ShardingPlan", "put_batch"]

@@ -6,12 +6,16 @@
 A run directory holds::
 
     config.json      the resolved RunConfig (model.vocab_size raised to the data's if it was smaller)
-    vocab.json       the data's vocabulary (train/data.py), so sampling needs no corpus
+    vocab.json       the data's vocabulary (train/data/), so sampling needs no corpus
     metrics.jsonl    one JSON object per line: {"step", "kind": "train"|"eval", metrics...}
     checkpoints/     Orbax checkpoints <step>/{state,meta} (train/checkpoint.py)
     loss.png         training and evaluation loss (and accuracy) against step
     attention.png    the attention pattern of every head of every layer on one validation sequence
     summary.json     final metrics, the success criterion, timings
+
+(metrics.jsonl, summary.json and the plots are written by train/report.py.) ``_train`` runs four
+phases, one function each: ``_setup`` (run directory via train/rundir.py, data, mesh), ``_restore_or_init``,
+``_hot_loop`` and ``_report``.
 
 Exact resume: batch number s is a pure function of (data.seed, s), dropout keys are fold_in(seed, s)
 and the checkpoint holds the whole TrainState, so a run stopped at step k and resumed logs the same
@@ -26,9 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import functools
 import math
-import os
 import signal
 import statistics
 import threading
@@ -44,39 +47,15 @@ import numpy as np
 from model.transformer import attention_patterns
 from train.checkpoint import Checkpointer
 from train.config import CONFIG_FILE, ConfigError, RunConfig, RunDirError, SetupError, goal_met, load_run_config
-from train.data import build_dataset, load_dataset_for_run
 from train.distributed import sharding_plan
+from train.report import METRICS_FILE, MetricsLog, NoLog, join_labels, plot_attention, plot_losses, write_summary
+from train.rundir import prepare
 from train.step import build_steps
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 # Evaluation batches are batch numbers EVAL_OFFSET + i of each split: the same fixed set at every
 # evaluation (comparable across steps) and never a batch that training draws.
 EVAL_OFFSET = 1_000_000_000
-# Fields that may differ between a run's saved config and the one it is resumed with: they change
-# when or how much is evaluated, logged, saved or trained, not the trajectory of steps already taken.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "name",
-        "run_dir",
-        "goal",
-        "train.steps",
-        "train.eval_every",
-        "train.eval_batches",
-        "train.log_every",
-        "train.checkpoint_every",
-        "train.keep_checkpoints",
-        "train.async_checkpoint",
-        "train.max_nonfinite",
-        # where the state lives, not what it is: a run saved on 8 devices resumes on 2 or on 1
-        "mesh.data",
-        "mesh.fsdp",
-        "mesh.sequence",
-        "mesh.tensor",
-        "sharding",
-    }
-)
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -94,91 +73,11 @@ class RunResult:
     files: dict[str, Path]
 
 
-# ====================================================================== set-up
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _check_resumable(saved: RunConfig, cfg: RunConfig, run_dir: Path) -> None:
-    a, b = _flatten(saved.to_dict()), _flatten(cfg.to_dict())
-    for key in sorted(set(a) | set(b)):
-        if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
-            raise RunDirError(
-                f"{run_dir} was trained with {key}={a.get(key)!r}, not {b.get(key)!r}: resume it with its own "
-                f"config (`python -m train --resume {run_dir}`) or start a new run_dir"
-            )
-
-
-def prepare(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print):
-    """Check the run directory and build the data; returns (resolved cfg, run_dir, dataset, resuming).
-
-    Raises RunDirError / ConfigError / ValueError (one line each) before anything is written.
-    """
-    run_dir = Path(cfg.run_dir if cfg.run_dir is not None else cfg.default_run_dir())
-    exists = run_dir.is_dir() and any(run_dir.iterdir())  # a file in the way is reported below
-    if exists and not resume:
-        raise RunDirError(
-            f"run directory {run_dir} already exists and is not empty: pass --resume to continue it, "
-            f"or choose a new run_dir=..."
-        )
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"run_dir={str(run_dir)!r} is a file, not a directory: choose another run_dir")
-    cfg = cfg.replace(run_dir=str(run_dir))
-    resuming = exists and (run_dir / CONFIG_FILE).is_file()
-    if exists and not resuming:
-        raise RunDirError(f"{run_dir} is not empty but holds no {CONFIG_FILE}: it is not a run; choose a new run_dir")
-
-    if resuming:
-        ds = load_dataset_for_run(run_dir, cfg.data, cfg.seq_len)
-    else:
-        ds = build_dataset(cfg.data, cfg.seq_len)
-    if cfg.model.vocab_size < ds.vocab_size:  # a larger model vocabulary is fine (unused logits)
-        log(f"model.vocab_size raised to {ds.vocab_size} to fit the data (was {cfg.model.vocab_size})")
-        cfg = cfg.replace(model=cfg.model.replace(vocab_size=ds.vocab_size))
-    if resuming:
-        _check_resumable(load_run_config(run_dir), cfg, run_dir)
-    return cfg, run_dir, ds, resuming
-
-
-# ====================================================================== logging
-class MetricsLog:
-    """metrics.jsonl: appends one JSON line per record and flushes it (a killed run keeps what it logged)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records with step > ``step`` (logged after the checkpoint a run resumes from); step < 0 drops all."""
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    return MetricsLog(Path(run_dir) / METRICS_FILE).read()
-
-
+# ====================================================================== evaluation
 def _floats(tree: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
-# ====================================================================== evaluation
 def evaluate(eval_step, params, ds, cfg: RunConfig, put: Callable) -> dict[str, float]:
     """Mean loss and accuracy over the masked positions of ``eval_batches`` fixed batches of each split.
 
@@ -196,62 +95,6 @@ def evaluate(eval_step, params, ds, cfg: RunConfig, put: Callable) -> dict[str, 
         out[f"{split}_loss"] = s["loss_sum"] / count
         out[f"{split}_accuracy"] = s["correct"] / count
     return out
-
-
-# ====================================================================== plots
-def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """loss.png: the logged training loss and the evaluations' train/val loss (and accuracy) against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in records if r["kind"] == "train"]
-    evals = [r for r in records if r["kind"] == "eval"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.6, label="train (batch)")
-    for split, style in [("train", "o-"), ("val", "s-")]:
-        ax.plot([r["step"] for r in evals], [r[f"{split}_loss"] for r in evals], style, ms=3, label=f"{split} (eval)")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats / token)", title=f"{title}: loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ax = axes[1]
-    for split, style in [("train", "o-"), ("val", "s-")]:
-        ax.plot([r["step"] for r in evals], [r[f"{split}_accuracy"] for r in evals], style, ms=3, label=split)
-    ax.set(xlabel="step", ylabel="accuracy on masked positions", title=f"{title}: accuracy", ylim=(0, 1))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_attention(patterns: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
-    """attention.png: one panel per (layer, head) of ``patterns`` ``[L, H, T, T]`` (rows: queries, columns: keys)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_layers, n_heads, t, _ = patterns.shape
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(2.6 * n_heads, 2.6 * n_layers), squeeze=False)
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            ax = axes[layer, head]
-            ax.imshow(patterns[layer, head], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(f"layer {layer} head {head}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[-1, 0].set_xlabel("key position")
-    axes[-1, 0].set_ylabel("query position")
-    sample = "".join(labels) if all(len(s) == 1 for s in labels) else " ".join(labels)
-    fig.suptitle(f"{title}: attention patterns on {sample[:80]!r}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ====================================================================== the loop
@@ -311,49 +154,28 @@ def train(cfg: RunConfig, **kwargs) -> RunResult:
         return _train(cfg, scope=scope, **kwargs)
 
 
-class _NoLog:
-    """The metrics log of processes other than 0 in a multi-process run: only process 0 writes files."""
+@dataclasses.dataclass
+class _Run:
+    """What phase 1 settles: the resolved config, where the run lives and how its arrays are placed."""
 
-    def __init__(self, path: Path):
-        self.path = path  # process 0's file, named in the result
-
-    def truncate_after(self, step: int) -> None:
-        pass
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def read(self) -> list[dict[str, Any]]:
-        return []
+    cfg: RunConfig
+    run_dir: Path
+    ds: Any  # train.data.Dataset
+    resuming: bool
+    state_sharding: Any
+    batch_sharding: Any
+    put: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]  # host batch -> device batch
+    metrics_log: MetricsLog
 
 
-def _train(
-    cfg: RunConfig,
-    *,
-    scope: contextlib.ExitStack,
-    resume: bool = False,
-    progress: bool | None = None,
-    log: Callable[[str], None] = print,
-    stop_after: int | None = None,
-    handle_signals: bool = True,
-    plots: bool = True,
-    state_sharding=None,
-    batch_sharding=None,
-) -> RunResult:
-    """Train ``cfg`` in ``cfg.run_dir`` (created; or continued with ``resume``) and return what happened.
-
-    ``stop_after``: stop after that step as if interrupted (a checkpoint is saved), for tests of resuming.
-    ``progress``: tqdm bar (None: only on a terminal). ``state_sharding`` / ``batch_sharding``: see train/step.py;
-    without them the run uses ``cfg.mesh`` and ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
-    """
-    # ---- phase 1: run directory, data, config (errors here are the user's: one line each, as SetupError)
+def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
+    """Phase 1: run directory, data, config, mesh; errors here are the user's (one line each, as SetupError)."""
     try:
         cfg, run_dir, ds, resuming = prepare(cfg, resume=resume, log=log)
     except SetupError:
         raise
     except (ValueError, OSError) as e:  # ConfigError, the data's one-line ValueErrors, unreadable files
         raise SetupError(str(e)) from None
-    tc, seq_len = cfg.train, cfg.seq_len
     plan = None
     if state_sharding is None and batch_sharding is None:
         plan = sharding_plan(cfg)  # None on one device; a bad mesh raises ConfigError here, before compiling
@@ -363,10 +185,11 @@ def _train(
         scope.enter_context(use_mesh(plan.mesh, plan.rules))
         state_sharding, batch_sharding = plan.state_sharding, plan.batch_sharding
         log(f"mesh {dict(plan.mesh.shape)} ({cfg.sharding}) over {plan.mesh.devices.size} devices")
+        put = plan.put
+    else:
+        target = batch_sharding if batch_sharding is not None else jax.devices()[0]
+        put = functools.partial(jax.device_put, device=target)
     writer = jax.process_index() == 0  # only process 0 writes the run directory's files (Orbax coordinates itself)
-    # the attention plot runs a jitted function on the global params, which every process would have to
-    # join; phase 4 runs it in process 0 only, so multi-process runs skip the plots (metrics.jsonl has the data)
-    plots = plots and jax.process_count() == 1
     try:  # a read-only or full disk fails here, before any compiling or training
         run_dir.mkdir(parents=True, exist_ok=True)
         if writer:
@@ -376,43 +199,49 @@ def _train(
         raise RunDirError(
             f"cannot write the run directory {run_dir} ({e.strerror or e}): choose another run_dir"
         ) from None
-    metrics_log = MetricsLog(run_dir / METRICS_FILE) if writer else _NoLog(run_dir / METRICS_FILE)
+    metrics_log = (MetricsLog if writer else NoLog)(run_dir / METRICS_FILE)
+    return _Run(cfg, run_dir, ds, resuming, state_sharding, batch_sharding, put, metrics_log)
 
-    # ---- phase 2: model, optimizer, state (restored from the newest checkpoint, or initialised under jit)
-    steps = build_steps(cfg.model, tc, seq_len, state_sharding=state_sharding, batch_sharding=batch_sharding)
-    model, train_step, eval_step = steps.model, steps.train_step, steps.eval_step
-    ckpt = Checkpointer(run_dir / CHECKPOINT_DIR, keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
-    start = ckpt.latest_step() if resuming else None
-    if start is not None:
-        state, meta = ckpt.restore(steps.abstract_state(), warn=log)  # skips a corrupted newest checkpoint
-        start = int(meta["step"])
-        if int(state.step) != start or meta["data_position"] != start:
-            raise RunDirError(f"checkpoint {start} in {ckpt.directory} is inconsistent (step {int(state.step)})")
-        metrics_log.truncate_after(start)
-        log(f"resuming {run_dir} from step {start}")
-    else:
-        start = 0
-        metrics_log.truncate_after(-1)
-        state = steps.init()
-    device = jax.devices()[0]
 
-    def put(batch: dict[str, np.ndarray]):
-        if plan is not None:
-            return plan.put(batch)
-        return jax.device_put(batch, batch_sharding if batch_sharding is not None else device)
+def _restore_or_init(run: _Run, steps, ckpt: Checkpointer, log: Callable[[str], None]):
+    """Phase 2: (state, start step): restored from the newest readable checkpoint, or initialised under jit."""
+    start = ckpt.latest_step() if run.resuming else None
+    if start is None:
+        run.metrics_log.truncate_after(-1)
+        return steps.init(), 0
+    state, meta = ckpt.restore(steps.abstract_state(), warn=log)  # skips a corrupted newest checkpoint
+    start = int(meta["step"])
+    if int(state.step) != start or meta["data_position"] != start:
+        raise RunDirError(f"checkpoint {start} in {ckpt.directory} is inconsistent (step {int(state.step)})")
+    run.metrics_log.truncate_after(start)
+    log(f"resuming {run.run_dir} from step {start}")
+    return state, start
 
-    def save(step: int) -> None:
-        ckpt.save(state, {"step": step, "data_position": step, "config": cfg.to_dict()})
 
+@dataclasses.dataclass
+class _Loop:
+    """What phase 3 leaves behind."""
+
+    state: Any
+    step: int
+    final: dict[str, float] | None  # the last evaluation
+    interrupted: str | None
+    windows: list[tuple[int, float]]  # (steps, seconds) between logs, compile excluded
+    compile_s: float
+
+
+def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, *, progress, stop_after, handle_signals):
+    """Phase 3: train from ``start`` to ``train.steps`` (or a signal, or ``stop_after``), logging, evaluating, saving."""
+    from tqdm import tqdm
+
+    cfg, ds, put, metrics_log = run.cfg, run.ds, run.put, run.metrics_log
+    tc, seq_len = cfg.train, cfg.seq_len
+    train_step, eval_step = steps.train_step, steps.eval_step
     tokens_per_step = tc.batch_size * seq_len
     final: dict[str, float] | None = None
     interrupted: str | None = None
-    windows: list[tuple[int, float]] = []  # (steps, seconds) between logs, compile excluded
+    windows: list[tuple[int, float]] = []
     compile_s = 0.0
-    t_start = time.perf_counter()
-
-    # ---- phase 3: the hot loop
-    from tqdm import tqdm
 
     bar = tqdm(total=tc.steps, initial=start, unit="step", disable=(not progress) if progress is not None else None)
     with _SignalCatcher(handle_signals) as signals:
@@ -466,7 +295,7 @@ def _train(
                 metrics_log.write({"step": step, "kind": "eval", **final})
                 bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
             if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
-                save(step)
+                ckpt.save(state, {"step": step, "data_position": step, "config": cfg.to_dict()})
             if step % tc.eval_every == 0 or step % tc.checkpoint_every == 0:
                 window_steps, window_t = 0, time.perf_counter()  # evaluation and saving are not step time
             if stopping:
@@ -474,36 +303,77 @@ def _train(
                 break
         bar.close()
         ckpt.close()  # waits for the asynchronous writes
+    return _Loop(state, step, final, interrupted, windows, compile_s)
 
-    # ---- phase 4: report
+
+def _report(run: _Run, steps, done: _Loop, t_start: float, plots: bool) -> RunResult:
+    """Phase 4: timings, the final evaluation, the goal, the plots and summary.json."""
+    cfg, run_dir, ds = run.cfg, run.run_dir, run.ds
+    tokens_per_step = cfg.train.batch_size * cfg.seq_len
+    windows = done.windows
     train_s = sum(s for _, s in windows)
     n_steps = sum(n for n, _ in windows)
     stats = {
-        "compile_s": compile_s,
+        "compile_s": done.compile_s,
         "wall_s": time.perf_counter() - t_start,
         "train_s": train_s,
         "ms_per_step_median": 1e3 * statistics.median(s / n for n, s in windows) if windows else math.nan,
         "tokens_per_s": tokens_per_step * n_steps / train_s if train_s > 0 else math.nan,
         "tokens_per_step": tokens_per_step,
     }
-    files = {"run_dir": run_dir, "config": run_dir / CONFIG_FILE, "metrics": metrics_log.path}
+    files = {"run_dir": run_dir, "config": run_dir / CONFIG_FILE, "metrics": run.metrics_log.path}
     files["checkpoints"] = run_dir / CHECKPOINT_DIR
-    success = None
-    if interrupted is None:
+    final, success = done.final, None
+    if done.interrupted is None:
         if final is None:  # resumed a finished run: evaluate its final state again
-            final = evaluate(eval_step, state.params, ds, cfg, put)
+            final = evaluate(steps.eval_step, done.state.params, ds, cfg, run.put)
         success = goal_met(cfg.goal, final)
-        if plots:
-            files["loss_plot"] = plot_losses(metrics_log.read(), run_dir / "loss.png", cfg.name)
-            val = ds.batch("val", EVAL_OFFSET, 1, seq_len)
-            patterns = jax.jit(lambda p, x: attention_patterns(model, p, x))(state.params, val["inputs"])
+        # the attention plot runs a jitted function on the global params, which every process would have
+        # to join; only process 0 reports, so multi-process runs skip the plots (metrics.jsonl has the data)
+        if plots and jax.process_count() == 1:
+            files["loss_plot"] = plot_losses(run.metrics_log.read(), run_dir / "loss.png", cfg.name)
+            val = ds.batch("val", EVAL_OFFSET, 1, cfg.seq_len)
+            patterns = jax.jit(lambda p, x: attention_patterns(steps.model, p, x))(done.state.params, val["inputs"])
             pattern = np.asarray(patterns)[:, 0]  # [L, H, T, T] of the one sequence
             labels = [ds.decode([int(t)]) for t in val["inputs"][0]]
-            files["attention_plot"] = plot_attention(pattern, labels, run_dir / "attention.png", cfg.name)
-        summary = {"step": step, "final": final, "goal": cfg.goal, "success": success, "stats": stats}
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        files["summary"] = run_dir / SUMMARY_FILE
-    return RunResult(run_dir, cfg, step, final, success, interrupted, stats, files)
+            title = f"{cfg.name}: attention patterns on {join_labels(labels)[:80]!r}"
+            files["attention_plot"] = plot_attention(pattern, labels, run_dir / "attention.png", title)
+        summary = {"step": done.step, "final": final, "goal": cfg.goal, "success": success, "stats": stats}
+        files["summary"] = write_summary(run_dir, summary)
+    return RunResult(run_dir, cfg, done.step, final, success, done.interrupted, stats, files)
+
+
+def _train(
+    cfg: RunConfig,
+    *,
+    scope: contextlib.ExitStack,
+    resume: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+    handle_signals: bool = True,
+    plots: bool = True,
+    state_sharding=None,
+    batch_sharding=None,
+) -> RunResult:
+    """Train ``cfg`` in ``cfg.run_dir`` (created; or continued with ``resume``) and return what happened.
+
+    ``stop_after``: stop after that step as if interrupted (a checkpoint is saved), for tests of resuming.
+    ``progress``: tqdm bar (None: only on a terminal). ``state_sharding`` / ``batch_sharding``: see train/step.py;
+    without them the run uses ``cfg.mesh`` and ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
+    """
+    run = _setup(cfg, scope, resume=resume, log=log, state_sharding=state_sharding, batch_sharding=batch_sharding)
+    tc = run.cfg.train
+    steps = build_steps(
+        run.cfg.model, tc, run.cfg.seq_len, state_sharding=run.state_sharding, batch_sharding=run.batch_sharding
+    )
+    ckpt = Checkpointer(run.run_dir / CHECKPOINT_DIR, keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
+    state, start = _restore_or_init(run, steps, ckpt, log)
+    t_start = time.perf_counter()
+    done = _hot_loop(
+        run, steps, ckpt, state, start, progress=progress, stop_after=stop_after, handle_signals=handle_signals
+    )
+    return _report(run, steps, done, t_start, plots)
 
 
 __all__ = ["train", "prepare", "evaluate", "RunResult", "SetupError", "RunDirError", "ConfigError", "load_run_config"]

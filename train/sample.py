@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model.transformer import Transformer, init_cache
+from model.transformer import Transformer, init_cache, unroll_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +80,6 @@ def pick(logits: jax.Array, gumbel: jax.Array | None, sc: SamplingConfig) -> jax
 def next_token(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> jax.Array:
     """Draw one token per row of ``logits`` ``[B, V]`` (float32) -> ``[B]`` int32, by ``sc``."""
     return pick(logits, jax.random.gumbel(key, logits.shape, jnp.float32), sc)
-
-
-def unroll_layers(params: dict, n_layers: int) -> dict:
-    """Scanned parameters (``params['blocks']`` with a leading layer axis) as ``block_0 .. block_{L-1}``."""
-    params = dict(params)
-    blocks = params.pop("blocks")
-    for i in range(n_layers):
-        params[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], blocks)
-    return params
 
 
 def make_generate(
@@ -227,10 +218,9 @@ def load_params(run_dir: str | Path, cfg, step: int | None = None):
     """(Transformer, params) restored from checkpoint ``step`` (default: newest) into an abstract target."""
     from train.checkpoint import Checkpointer
     from train.loop import CHECKPOINT_DIR
-    from train.step import abstract_state, make_optimizer
+    from train.step import abstract_state, model_and_optimizer
 
-    model = Transformer(cfg.model)
-    tx, _ = make_optimizer(cfg.train)
+    model, tx, _ = model_and_optimizer(cfg.model, cfg.train)
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir} not found: the run has no checkpoint yet")

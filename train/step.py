@@ -1,14 +1,18 @@
 """The training step and the evaluation step: pure functions of (state, batch), jitted with optional shardings.
 
-    tx, schedule = make_optimizer(cfg.train, cfg.model)
-    state = init_state(model, tx, seed=0, seq_len=64)               # eval_shape, then init under jit
-    train_step = make_train_step(model, tx, cfg.train, schedule)      # jit, state donated
-    state, metrics = train_step(state, batch)                         # batch: inputs/targets/loss_mask [B, T]
+    steps = build_steps(cfg.model, cfg.train, cfg.seq_len)          # model, optimizer, jitted functions
+    state = steps.init()                                              # a fresh TrainState, built under jit
+    state, metrics = steps.train_step(state, batch)                   # batch: inputs/targets/loss_mask [B, T]
+    sums = steps.eval_step(state.params, batch)                       # {'loss_sum', 'correct', 'count'}
 
-Sharding (model/sharding.py builds them): ``state_sharding`` is a TrainState-shaped pytree (or a prefix
+The model and optimizer of a (model config, train config) are built in one place,
+:func:`model_and_optimizer`; :func:`build_steps` and the sharding plan (train/distributed.py, which
+needs the state's shapes) both take them from there.
+
+Sharding (train/distributed.py builds them): ``state_sharding`` is a TrainState-shaped pytree (or a prefix
 of one) of ``jax.sharding.Sharding``; ``batch_sharding`` the same for the batch dict. When given they
-become the jit's in/out shardings, and the state is born with them (``init_state(...,
-state_sharding=...)``), never materialised elsewhere first.
+become the jit's in/out shardings, and the state is born with them (``steps.init()``), never
+materialised elsewhere first.
 
 Optimizer (nanoGPT's): AdamW with decoupled weight decay on the matrices and embeddings only (not
 biases or norm scales), global-norm clipping, a linear warmup then cosine decay (or constant).
@@ -29,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from model.config import ModelConfig
-from model.transformer import Transformer
+from model.transformer import Transformer, token_losses
 from train.config import TrainConfig
 
 Batch = dict[str, jax.Array]  # inputs [B, T] int32, targets [B, T] int32, loss_mask [B, T] float32
@@ -109,22 +113,13 @@ def abstract_state(model: Transformer, tx: optax.GradientTransformation, seq_len
     """The TrainState as ``jax.ShapeDtypeStruct`` leaves (no allocation), with shardings when given.
 
     This is the target Orbax restores into. Without ``state_sharding`` every leaf gets the default
-    device's sharding, so a restored state lands where ``init_state`` would have put it.
+    device's sharding, so a restored state lands where ``Steps.init`` would have put it.
     """
     shapes = jax.eval_shape(state_initializer(model, tx, 0, seq_len))
     if state_sharding is None:
         state_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = _broadcast_prefix(state_sharding, shapes)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-
-
-def init_state(
-    model: Transformer, tx: optax.GradientTransformation, *, seed: int, seq_len: int, state_sharding=None
-) -> TrainState:
-    """A fresh TrainState, initialised under jit (born with ``state_sharding`` when given)."""
-    init = state_initializer(model, tx, seed, seq_len)
-    jax.eval_shape(init)  # shape errors surface here, before anything is allocated
-    return jax.jit(init, out_shardings=_committed(state_sharding))()
 
 
 def _committed(state_sharding):
@@ -149,9 +144,10 @@ def masked_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> 
     """(sum of masked cross-entropies, number of masked positions predicted right, number of masked positions).
 
     logits ``[B, T, V]``, targets ``[B, T]`` int, loss_mask ``[B, T]`` (1 = counts). Float32 scalars;
-    sums rather than means so that microbatches and eval batches add up exactly.
+    sums rather than means so that microbatches and eval batches add up exactly. The cross-entropy
+    is the model's (``model.transformer.token_losses``).
     """
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)  # [B, T]
+    losses = token_losses(logits, targets)  # [B, T]
     m = loss_mask.astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return jnp.sum(losses * m), jnp.sum(correct * m), jnp.sum(m)
@@ -267,19 +263,8 @@ class Steps:
         return abstract_state(self.model, self.tx, self.seq_len, self.state_sharding)
 
 
-def build_steps(
-    model_config: ModelConfig, tc: TrainConfig, seq_len: int, *, state_sharding=None, batch_sharding=None
-) -> Steps:
-    """Model, optimizer and jitted init / train / eval steps. Unsharded builds are cached per (configs, seq_len).
-
-    jax.jit caches compiled executables per function object, so the cache lets several runs in one
-    process (a sweep, a resumed run, the tests) share compilations.
-    """
-    try:  # single shardings (or None) are hashable; a TrainState of shardings is not
-        hash((state_sharding, batch_sharding))
-    except TypeError:
-        return _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding)
-    # fields that only say when to log, evaluate or save do not change the compiled functions
+def _compile_key(tc: TrainConfig) -> TrainConfig:
+    """``tc`` without the fields that only say when to log, evaluate or save (they change no compiled function)."""
     key = dataclasses.replace(
         tc,
         eval_every=1,
@@ -291,6 +276,41 @@ def build_steps(
     )
     if tc.schedule == "constant" or tc.decay_steps is not None:  # then the schedule ignores train.steps
         key = dataclasses.replace(key, steps=max(1, tc.warmup_steps))
+    return key
+
+
+def model_and_optimizer(
+    model_config: ModelConfig, tc: TrainConfig
+) -> tuple[Transformer, optax.GradientTransformation, optax.Schedule]:
+    """(Transformer, optimizer, learning-rate schedule) of a run: the one place they are built (cached)."""
+    return _model_and_optimizer(model_config, _compile_key(tc))
+
+
+@functools.lru_cache(maxsize=8)
+def _model_and_optimizer(model_config: ModelConfig, tc: TrainConfig):
+    tx, schedule = make_optimizer(tc)
+    return Transformer(model_config), tx, schedule
+
+
+def state_shapes(model_config: ModelConfig, tc: TrainConfig, seq_len: int) -> TrainState:
+    """The TrainState of a run as ``jax.ShapeDtypeStruct`` leaves without shardings (nothing is allocated)."""
+    model, tx, _ = model_and_optimizer(model_config, tc)
+    return jax.eval_shape(state_initializer(model, tx, 0, seq_len))
+
+
+def build_steps(
+    model_config: ModelConfig, tc: TrainConfig, seq_len: int, *, state_sharding=None, batch_sharding=None
+) -> Steps:
+    """Model, optimizer and jitted init / train / eval steps. Unsharded builds are cached per (configs, seq_len).
+
+    jax.jit caches compiled executables per function object, so the cache lets several runs in one
+    process (a sweep, a resumed run, the tests) share compilations.
+    """
+    key = _compile_key(tc)
+    try:  # single shardings (or None) are hashable; a TrainState of shardings is not
+        hash((state_sharding, batch_sharding))
+    except TypeError:
+        return _build_steps(model_config, key, seq_len, state_sharding, batch_sharding)
     return _cached_steps(model_config, key, seq_len, state_sharding, batch_sharding)
 
 
@@ -300,8 +320,7 @@ def _cached_steps(model_config: ModelConfig, tc: TrainConfig, seq_len: int, stat
 
 
 def _build_steps(model_config, tc, seq_len, state_sharding, batch_sharding) -> Steps:
-    model = Transformer(model_config)
-    tx, schedule = make_optimizer(tc)
+    model, tx, schedule = model_and_optimizer(model_config, tc)
     init = jax.jit(state_initializer(model, tx, tc.seed, seq_len), out_shardings=_committed(state_sharding))
     train_step = make_train_step(model, tx, tc, schedule, state_sharding=state_sharding, batch_sharding=batch_sharding)
     params_sharding = state_sharding

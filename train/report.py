@@ -1,0 +1,149 @@
+"""What a run writes besides checkpoints: the metrics log (metrics.jsonl), summary.json and the plots.
+
+    log = MetricsLog(run_dir / METRICS_FILE)     # one JSON line per record, flushed as it is written
+    read_metrics(run_dir)                        # [{"step", "kind": "train"|"eval", metrics...}, ...]
+    plot_losses(records, run_dir / "loss.png", title)
+    plot_attention(patterns, labels, run_dir / "attention.png", title)   # patterns [L, H, T, T]
+
+``experiments/show_attention.py`` draws its prompt's patterns with the same :func:`plot_attention`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+TICK_LIMIT = 48  # plot_attention(ticks=True) labels the axes with the tokens up to this many tokens
+
+
+# ====================================================================== metrics log
+class MetricsLog:
+    """metrics.jsonl: appends one JSON line per record and flushes it (a killed run keeps what it logged)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records with step > ``step`` (logged after the checkpoint a run resumes from); step < 0 drops all."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+class NoLog(MetricsLog):
+    """The metrics log of processes other than 0 in a multi-process run: only process 0 writes files."""
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def read(self) -> list[dict[str, Any]]:
+        return []
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl`` in the order they were written."""
+    return MetricsLog(Path(run_dir) / METRICS_FILE).read()
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """summary.json: final metrics, the success criterion, timings."""
+    path = run_dir / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    return path
+
+
+# ====================================================================== plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """loss.png: the logged training loss and the evaluations' train/val loss (and accuracy) against step."""
+    plt = _pyplot()
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.6, label="train (batch)")
+    for split, style in [("train", "o-"), ("val", "s-")]:
+        ax.plot([r["step"] for r in evals], [r[f"{split}_loss"] for r in evals], style, ms=3, label=f"{split} (eval)")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats / token)", title=f"{title}: loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for split, style in [("train", "o-"), ("val", "s-")]:
+        ax.plot([r["step"] for r in evals], [r[f"{split}_accuracy"] for r in evals], style, ms=3, label=split)
+    ax.set(xlabel="step", ylabel="accuracy on masked positions", title=f"{title}: accuracy", ylim=(0, 1))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def join_labels(labels: list[str]) -> str:
+    """Token labels as one string: concatenated when every token is one character, else space-separated."""
+    return "".join(labels) if all(len(s) == 1 for s in labels) else " ".join(labels)
+
+
+def _tick(label: str) -> str:
+    return {"\n": "\\n", " ": "␣", "\t": "\\t"}.get(label, label)
+
+
+def plot_attention(
+    patterns: np.ndarray, labels: list[str], path: Path, title: str, *, ticks: bool = False, dpi: int = 110
+) -> Path:
+    """One panel per (layer, head) of ``patterns`` ``[L, H, T, T]`` (rows: queries, columns: keys) into ``path``.
+
+    ``title`` is the figure's whole title. ``ticks``: label the axes with the tokens ``labels`` (when
+    there are at most TICK_LIMIT of them), with panels sized to the sequence; otherwise fixed-size
+    panels without ticks (a run's attention.png).
+    """
+    plt = _pyplot()
+    n_layers, n_heads, t, _ = patterns.shape
+    size = 2.2 + 0.06 * min(t, TICK_LIMIT) if ticks else 2.6
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(size * n_heads, size * n_layers), squeeze=False)
+    names = [_tick(s) for s in labels]
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            ax = axes[layer, head]
+            ax.imshow(patterns[layer, head], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(f"layer {layer} head {head}", fontsize=8)
+            if ticks and t <= TICK_LIMIT:
+                ax.set_xticks(range(t), names, fontsize=5, rotation=90)
+                ax.set_yticks(range(t), names, fontsize=5)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+    axes[-1, 0].set_xlabel("key position")
+    axes[-1, 0].set_ylabel("query position")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
