@@ -25,10 +25,17 @@ def test_device_count_survives_a_callers_xla_flags(tmp_path):
         "    assert '--xla_cpu_multi_thread_eigen=false' in os.environ['XLA_FLAGS']\n"
     )
     (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
-    for flags in ("--xla_cpu_multi_thread_eigen=false", "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2"):
+    for flags in (
+        "--xla_cpu_multi_thread_eigen=false",
+        "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2",
+    ):
         env = {**os.environ, "XLA_FLAGS": flags}
         r = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(probe)],
-            env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
         )
         assert r.returncode == 0, r.stdout + r.stderr

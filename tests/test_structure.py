@@ -91,16 +91,15 @@ def test_find_cycle_finds_one():
 def test_arrows_point_down():
     rank = {f: i for i, f in enumerate(FLOORS)}
     up = [
-        f"{n} -> {t}"
-        for n, ts in import_graph().items()
-        for t in ts
-        if rank[t.split(".")[0]] > rank[n.split(".")[0]]
+        f"{n} -> {t}" for n, ts in import_graph().items() for t in ts if rank[t.split(".")[0]] > rank[n.split(".")[0]]
     ]
     assert not up, "imports from a higher floor: " + ", ".join(sorted(up))
 
 
 def test_files_read_in_one_sitting():
-    long = {str(p.relative_to(ROOT)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(ROOT)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"files over {MAX_LINES} lines: {long}"
 
 
