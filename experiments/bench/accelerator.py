@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="attention implementations to check against 'reference' (default: %(default)s)",
     )
     p.add_argument("--lengths", default=None, help="attention speed lengths, e.g. 1024,4096 (default 1k..32k)")
+    p.add_argument(
+        "--run-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dotted override for the real run (repeatable), e.g. data.path=tiny.txt or train.steps=2000",
+    )
     return p
 
 
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(msg, flush=True)
                 f.write(msg + "\n")
 
-            r = runs.real_run(out, args.smoke, corpus, dl, log)
+            r = runs.real_run(out, args.smoke, corpus, dl, log, args.run_override)
         return runs.real_run_text(r), r
 
     for name, fn in [

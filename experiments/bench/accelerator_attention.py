@@ -273,7 +273,8 @@ def speed(impls, backend: str, lengths, deadline: float, *, b: int, h: int, dh: 
                     rows.append(dict(row, status="ok", ms=1e3 * s, tokens_per_s=b * t / s))
         else:
             rows += [dict(r, status=SKIPPED) for r in pending]
-    return rows
+    order = {name: n for n, name in enumerate(("reference", *impls))}
+    return sorted(rows, key=lambda r: (r["T"], order[r["impl"]], r["mode"]))
 
 
 def speed_table(rows: list[dict]) -> str:

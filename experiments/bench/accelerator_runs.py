@@ -37,7 +37,9 @@ GPT2_SHAPE = [
     "train.batch_size=8",
 ]
 # --smoke: every model shrunk to seconds on a CPU (the GPT-2 shape keeps its vocabulary and dtype)
+# and on one device (the tests run on 8 fake CPU devices; a full run trains data-parallel on all of them)
 SMOKE_MODEL = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.max_len=32", "train.batch_size=2"]
+SMOKE_MODEL += ["mesh.data=1"]
 
 
 def fallback_corpus(out: Path) -> Path | None:
@@ -92,23 +94,23 @@ def train_steps(smoke: bool, corpus: Path | None, peaks: dict, deadline: float) 
             continue
         dtype = "bfloat16" if "model.dtype=bfloat16" in overrides else "float32"
         peak = peaks.get(dtype)
-        mfu = None if not peak else r["gflop_per_s"] / 1e3 / peak
+        mfu = None if not peak else r["gflop_per_s"] / 1e3 / (peak * r["devices"])  # the peak is one device's
         rows.append(dict(row, status="ok", dtype=dtype, mfu=mfu, peak_tflops=peak, **r))
     return rows
 
 
 def train_table(rows: list[dict]) -> str:
     lines = [
-        "| model | dtype | status | params | tokens/step | ms/step | tokens/s | TFLOP/s | MFU | compile s | note |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | dtype | devices | status | params | tokens/step | ms/step | tokens/s | TFLOP/s | MFU | compile s | note |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | | {r['status']} | | | | | | | | {r.get('error', '')} |")
+            lines.append(f"| {r['model']} | | | {r['status']} | | | | | | | | {r.get('error', '')} |")
             continue
         mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(
-            f"| {r['model']} | {r['dtype']} | ok | {r['params']:,} | {r['tokens_per_step']:,} | {r['ms_per_step']:.2f} | "
+            f"| {r['model']} | {r['dtype']} | {r['devices']} | ok | {r['params']:,} | {r['tokens_per_step']:,} | {r['ms_per_step']:.2f} | "
             f"{r['tokens_per_s']:,.0f} | {r['gflop_per_s'] / 1e3:.3f} | {mfu} | {r['compile_s']:.1f} | |"
         )
     return "\n".join(lines) + "\n"
@@ -172,7 +174,7 @@ def sampling_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def real_run(out: Path, smoke: bool, corpus: Path | None, deadline: float, log) -> dict:
+def real_run(out: Path, smoke: bool, corpus: Path | None, deadline: float, log, extra=()) -> dict:
     """Train the shakespeare-char preset until done or ``deadline`` (then SIGINT, as Ctrl-C); what it measured."""
     from train.config import apply_overrides, get_preset
     from train.loop import train
@@ -182,6 +184,7 @@ def real_run(out: Path, smoke: bool, corpus: Path | None, deadline: float, log) 
         overrides.append(f"data.path={corpus}")
     if smoke:
         overrides += SMOKE_MODEL + ["train.steps=4", "train.eval_every=2", "train.eval_batches=1", "train.log_every=1"]
+    overrides += list(extra)
     cfg = apply_overrides(get_preset("shakespeare-char"), overrides)
     res = dict(
         preset="shakespeare-char",
@@ -223,10 +226,15 @@ def real_run(out: Path, smoke: bool, corpus: Path | None, deadline: float, log) 
         nanogpt_val_loss=NANOGPT_VAL_LOSS,
         val_loss_minus_nanogpt=None if val is None else val - NANOGPT_VAL_LOSS,
         wall_s=wall,
-        ms_per_step_median=s.get("ms_per_step_median"),
-        tokens_per_s=s.get("tokens_per_s"),
+        ms_per_step_median=_finite(s.get("ms_per_step_median")),
+        tokens_per_s=_finite(s.get("tokens_per_s")),
         run_dir=str(result.run_dir),
     )
+
+
+def _finite(x):
+    """x, or None for a missing or non-finite number (a run stopped before its second step has no speed)."""
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def real_run_text(r: dict) -> str:
