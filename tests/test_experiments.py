@@ -1,5 +1,6 @@
-"""The experiments: every --smoke run end to end (tiny models, in this process), the pieces they compute
-checked against independent references, and (marked slow) every full run asserting its acceptance claims.
+"""The experiments: every --smoke run end to end (tiny models, in this process; marked slow, as end-to-end
+runs are), the pieces they compute checked against independent references (fast), and (marked
+experiment) every full run asserting its acceptance claims.
 
 Smoke runs train real tiny models with the real training loop and checkpoints; they check that each
 report is written with its command, tables, PNGs and one PASS/FAIL line per claim. Their numbers
@@ -104,6 +105,7 @@ def test_head_scores_on_constructed_patterns():
     assert prefix[0, 0] == pytest.approx(np.mean([1 / (t + 1) for t in queries]))
 
 
+@pytest.mark.slow
 def test_induction_smoke(tmp_path):
     out = tmp_path / "induction"
     r = induction.main(["--smoke", "--out", str(out)])
@@ -130,6 +132,7 @@ def masking_smoke(tmp_path_factory):
     return smoke_run(tmp_path_factory, masking)
 
 
+@pytest.mark.slow
 def test_masking_smoke(masking_smoke):
     out, r = masking_smoke
     text = check_report(out, 3, ["masking.png"], "--smoke")
@@ -142,9 +145,25 @@ def test_masking_smoke(masking_smoke):
     assert all("|" in s for s in m["samples"])
 
 
-def test_show_attention_draws_every_head(masking_smoke, tmp_path, capsys):
-    out, r = masking_smoke
-    run_dir = r["results"]["masked"]["run_dir"]
+@pytest.fixture(scope="module")
+def char_run(tmp_path_factory):
+    """A tiny character-level run (1 layer x 4 heads, context 16) trained 2 steps on the smoke corpus."""
+    from experiments.common import smoke_text
+    from train.config import apply_overrides, get_preset
+    from train.loop import train
+
+    d = tmp_path_factory.mktemp("char-run")
+    overrides = ["model.n_layers=1", "model.d_model=16", "model.n_heads=4", "model.max_len=16"]
+    overrides += ["train.steps=2", "train.batch_size=4", "train.eval_every=2", "train.eval_batches=1"]
+    overrides += [f"data.path={smoke_text(d)}", f"run_dir={d / 'run'}"]
+    train(
+        apply_overrides(get_preset("shakespeare-char-cpu"), overrides), progress=False, plots=False, log=lambda m: None
+    )
+    return str(d / "run")
+
+
+def test_show_attention_draws_every_head(char_run, tmp_path, capsys):
+    run_dir = char_run
     png = tmp_path / "pat.png"
     assert show_attention.main([run_dir, "--prompt", "First Citizen", "--out", str(png)]) == 0
     assert png.stat().st_size > 1000
@@ -162,8 +181,8 @@ def test_show_attention_draws_every_head(masking_smoke, tmp_path, capsys):
         ("Speak" * 8, r"error: the prompt has 40 tokens but the model's context is max_len=16: shorten the prompt"),
     ],
 )
-def test_show_attention_bad_prompt_is_one_line(masking_smoke, prompt, message, capsys):
-    run_dir = masking_smoke[1]["results"]["masked"]["run_dir"]
+def test_show_attention_bad_prompt_is_one_line(char_run, prompt, message, capsys):
+    run_dir = char_run
     assert show_attention.main([run_dir, "--prompt", prompt]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(message + ".*", err) and "\n" not in err
@@ -174,6 +193,7 @@ def test_show_attention_not_a_run(tmp_path, capsys):
     assert "is not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_value_map_smoke(tmp_path):
     out = tmp_path / "value_map"
     r = value_map.main(["--smoke", "--out", str(out), *INPROCESS])
@@ -187,6 +207,7 @@ def heads_smoke(tmp_path_factory):
     return smoke_run(tmp_path_factory, heads)
 
 
+@pytest.mark.slow
 def test_heads_smoke(heads_smoke):
     out, r = heads_smoke
     text = check_report(out, 2, ["heads.png", "curves_heads.png"], "--smoke")  # no h=1 run: one claim per width
@@ -202,6 +223,7 @@ def test_heads_smoke(heads_smoke):
     assert set(saved["widths"]) == {"32", "16"}
 
 
+@pytest.mark.slow
 def test_heads_report_names_the_position_kind_and_extra_settings(tmp_path):
     """With --positions and --set the report says what every run had (not the rotary note, not 'learned')."""
     out = tmp_path / "heads"
@@ -221,6 +243,7 @@ def positions_smoke(tmp_path_factory):
     return smoke_run(tmp_path_factory, positions)
 
 
+@pytest.mark.slow
 def test_positions_smoke(positions_smoke):
     out, r = positions_smoke
     text = check_report(out, 2, ["positions.png"], "--smoke")
@@ -230,6 +253,7 @@ def test_positions_smoke(positions_smoke):
     assert "How strong is each position signal" in text and "| sinusoidal | true |" in text
 
 
+@pytest.mark.slow
 def test_positions_signal_scales_read_the_trained_tables(positions_smoke):
     """The RMS table recomputed by hand from the saved parameters: both embedding layers' signals include
     sqrt(d_model) (the smoke runs use embed_scale, as the full ones do)."""
@@ -252,6 +276,7 @@ def test_positions_signal_scales_read_the_trained_tables(positions_smoke):
     assert scales["rotary"]["position"] == scales["none"]["position"] == 0.0
 
 
+@pytest.mark.slow
 def test_mqar_smoke(tmp_path):
     out = tmp_path / "mqar"
     mqar.main(["--smoke", "--out", str(out), *INPROCESS])
@@ -270,6 +295,7 @@ def test_experiment_print_commands(tmp_path, capsys):
     assert "model.n_heads=32 train.seed=1" in lines[-1]
 
 
+@pytest.mark.slow
 def test_context_smoke(tmp_path):
     out = tmp_path / "context"
     r = context.main(["--smoke", "--out", str(out)])
@@ -307,6 +333,7 @@ def test_positions_claims_follow_the_numbers():
     assert [c.passed for c in positions.claims(s)] == [False, False]
 
 
+@pytest.mark.slow
 def test_set_adds_an_override_to_every_run(tmp_path):
     """``--set train.weight_decay=0``: every run's saved config has it, and the report's command line says so."""
     from train.config import load_run_config
