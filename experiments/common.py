@@ -182,9 +182,14 @@ class Claim:
     def verdict(self) -> str:
         return "PASS" if self.passed else "FAIL"
 
-    def line(self) -> str:
+    def line(self, smoke: bool = False) -> str:
+        """The claim's markdown line; ``smoke``: its verdict is marked as meaningless (tiny models, few steps)."""
+        verdict = f"{self.verdict} {SMOKE_VERDICT}" if smoke else self.verdict
         tag = "" if self.acceptance else " (reported, not an acceptance criterion)"
-        return f"- **{self.verdict}** {self.name}{tag}: {self.detail}"
+        return f"- **{verdict}** {self.name}{tag}: {self.detail}"
+
+
+SMOKE_VERDICT = "(smoke run: too small to judge)"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
@@ -305,12 +310,15 @@ def add_steps_and_seeds(p: argparse.ArgumentParser, steps: int | None, seeds: Se
     p.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=f"training seeds (default {seeds})")
 
 
-def finish(written: tuple[Path, Report], **results: Any) -> dict[str, Any]:
+def finish(written: tuple[Path, Report], smoke: bool = False, **results: Any) -> dict[str, Any]:
     """An experiment's last step, given what its write_report returned: the claims on the terminal and where the
-    report is. Returns what its main() returns: ``{"report": path, "claims": [...], **results}``."""
+    report is. Returns what its main() returns: ``{"report": path, "claims": [...], **results}``.
+
+    ``smoke``: each claim's line says, next to its PASS or FAIL, that a smoke run is too small to judge.
+    """
     path, report = written
     for c in report.claims:
-        print(c.line().replace("**", ""))
+        print(c.line(smoke).replace("**", ""))
     print(f"report: {path}")
     return {"report": path, "claims": report.claims, **results}
 

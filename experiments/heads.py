@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None):
         return None
     return finish(
         write_report(out, results, command_line(NAME, argv), args.smoke, args.positions, args.set),
+        args.smoke,
         rows=[x for r in results.values() for x in r["rows"]],
     )
 

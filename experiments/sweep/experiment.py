@@ -67,4 +67,6 @@ def sweep_experiment_main(name: str, doc: str | None, argv, steps: int, seeds: S
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None
-    return finish(write_report(out, sweep, rows, command_line(name, argv), args.smoke, args.steps), rows=rows)
+    return finish(
+        write_report(out, sweep, rows, command_line(name, argv), args.smoke, args.steps), args.smoke, rows=rows
+    )
