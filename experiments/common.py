@@ -32,9 +32,26 @@ RESULTS_FILE = "report.json"
 
 
 # ---------------------------------------------------------------------------- command line
+class ExperimentParser(argparse.ArgumentParser):
+    """An experiment's parser: counts that must be positive (``--workers``, ``--steps``, ``--repeats``) are
+    checked as soon as the arguments are parsed, before anything is built or written; a bad one is one
+    ``error:`` line and exit code 2."""
+
+    POSITIVE = ("workers", "steps", "repeats")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        for name in self.POSITIVE:
+            value = getattr(ns, name, None)
+            if isinstance(value, int) and value < 1:
+                print(f"error: --{name} {value}: must be >= 1", file=sys.stderr)
+                raise SystemExit(2)
+        return ns, rest
+
+
 def experiment_parser(name: str, doc: str | None, *, sweep: bool = True) -> argparse.ArgumentParser:
     """The options every experiment has: --smoke, --out; with ``sweep``: --workers, --runner, --print-commands."""
-    p = argparse.ArgumentParser(
+    p = ExperimentParser(
         prog=f"python -m experiments.{name}",
         description=(doc or "").strip().splitlines()[0] if doc else None,
         epilog=(doc or "").strip(),
