@@ -211,6 +211,13 @@ CASES = [
         ("train.steps=99999999999999999999",),
         "beyond 2**31 - 1",
     ),
+    Case(
+        "too-big-for-memory",
+        "a model that cannot fit in memory",
+        "train",
+        ("model.n_layers=100000",),
+        "pass train.memory_check=false",
+    ),
     Case("nan-lr", "NaN learning rate", "train", ("train.lr=nan",), "NaN and infinity are not valid for train.lr"),
     Case("inf-rope-base", "infinite rope base", "train", ("model.rope_base=inf",), "NaN and infinity"),
     Case("heads-zero-workers", "experiment with --workers 0", "heads", ("--workers", "0"), "--workers 0: must be >= 1"),
