@@ -32,9 +32,26 @@ RESULTS_FILE = "report.json"
 
 
 # ---------------------------------------------------------------------------- command line
+class ExperimentParser(argparse.ArgumentParser):
+    """An experiment's parser: counts that must be positive (``--workers``, ``--steps``, ``--repeats``) are
+    checked as soon as the arguments are parsed, before anything is built or written; a bad one is one
+    ``error:`` line and exit code 2."""
+
+    POSITIVE = ("workers", "steps", "repeats")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        for name in self.POSITIVE:
+            value = getattr(ns, name, None)
+            if isinstance(value, int) and value < 1:
+                print(f"error: --{name} {value}: must be >= 1", file=sys.stderr)
+                raise SystemExit(2)
+        return ns, rest
+
+
 def experiment_parser(name: str, doc: str | None, *, sweep: bool = True) -> argparse.ArgumentParser:
     """The options every experiment has: --smoke, --out; with ``sweep``: --workers, --runner, --print-commands."""
-    p = argparse.ArgumentParser(
+    p = ExperimentParser(
         prog=f"python -m experiments.{name}",
         description=(doc or "").strip().splitlines()[0] if doc else None,
         epilog=(doc or "").strip(),
@@ -182,9 +199,14 @@ class Claim:
     def verdict(self) -> str:
         return "PASS" if self.passed else "FAIL"
 
-    def line(self) -> str:
+    def line(self, smoke: bool = False) -> str:
+        """The claim's markdown line; ``smoke``: its verdict is marked as meaningless (tiny models, few steps)."""
+        verdict = f"{self.verdict} {SMOKE_VERDICT}" if smoke else self.verdict
         tag = "" if self.acceptance else " (reported, not an acceptance criterion)"
-        return f"- **{self.verdict}** {self.name}{tag}: {self.detail}"
+        return f"- **{verdict}** {self.name}{tag}: {self.detail}"
+
+
+SMOKE_VERDICT = "(smoke run: too small to judge)"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
@@ -305,12 +327,15 @@ def add_steps_and_seeds(p: argparse.ArgumentParser, steps: int | None, seeds: Se
     p.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=f"training seeds (default {seeds})")
 
 
-def finish(written: tuple[Path, Report], **results: Any) -> dict[str, Any]:
+def finish(written: tuple[Path, Report], smoke: bool = False, **results: Any) -> dict[str, Any]:
     """An experiment's last step, given what its write_report returned: the claims on the terminal and where the
-    report is. Returns what its main() returns: ``{"report": path, "claims": [...], **results}``."""
+    report is. Returns what its main() returns: ``{"report": path, "claims": [...], **results}``.
+
+    ``smoke``: each claim's line says, next to its PASS or FAIL, that a smoke run is too small to judge.
+    """
     path, report = written
     for c in report.claims:
-        print(c.line().replace("**", ""))
+        print(c.line(smoke).replace("**", ""))
     print(f"report: {path}")
     return {"report": path, "claims": report.claims, **results}
 

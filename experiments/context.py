@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None):
     out.mkdir(parents=True, exist_ok=True)
     rows = measure(args.T, args.impls, args.B, args.H, args.Dh, args.repeats, args.max_gib * GiB)
     sl = slopes(rows, args.impls, args.fit_from)
-    return finish(write_report(out, rows, sl, args, command_line(NAME, argv)), rows=rows, slopes=sl)
+    return finish(write_report(out, rows, sl, args, command_line(NAME, argv)), args.smoke, rows=rows, slopes=sl)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from experiments.common import (
     shakespeare_overrides,
     val_curve,
 )
-from experiments.sweep import Sweep, run_for_experiment, with_set
+from experiments.sweep import Sweep, check_sweeps, run_for_experiment, with_set
 
 NAME = "heads"
 HEADS = (1, 2, 4, 8, 16, 32)
@@ -293,10 +293,15 @@ def main(argv: list[str] | None = None):
     out = default_out(NAME, args)
     widths = list(SMOKE_HEADS) if args.smoke else args.widths
     results: dict[int, dict[str, Any]] = {}
-    for w in widths:
-        steps = steps_for(w, args.steps)
-        sweep = make_sweep(args.smoke, out / f"d{w}", steps, w, args.heads, args.seeds, args.positions)
-        sweep = with_set(sweep, args)
+    sweeps = {
+        w: with_set(
+            make_sweep(args.smoke, out / f"d{w}", steps_for(w, args.steps), w, args.heads, args.seeds, args.positions),
+            args,
+        )
+        for w in widths
+    }
+    check_sweeps(sweeps.values())  # every width's points, before the first trains
+    for w, sweep in sweeps.items():
         rows = run_for_experiment(sweep, out / f"d{w}", args)
         if rows is None:
             continue
@@ -306,6 +311,7 @@ def main(argv: list[str] | None = None):
         return None
     return finish(
         write_report(out, results, command_line(NAME, argv), args.smoke, args.positions, args.set),
+        args.smoke,
         rows=[x for r in results.values() for x in r["rows"]],
     )
 

@@ -224,6 +224,16 @@ def head_scores(pat: np.ndarray, mask: np.ndarray, period: np.ndarray) -> tuple[
     return prefix, previous
 
 
+def induction_markers(t: int, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query positions, key positions) where an induction head should look in a sequence of length ``t``.
+
+    Each query t' of the repeat (from its first token, ``t - period + 1``) attends to key ``t' - period + 1``,
+    the token after the earlier occurrence of the query's token: always an allowed cell (key <= query).
+    """
+    queries = np.arange(t - period + 1, t)
+    return queries, queries - period + 1
+
+
 def analyse(model, params, batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """Per-token loss by offset from the repeat's start, and per-head prefix-matching / previous-token scores.
 
@@ -300,6 +310,34 @@ def claims(results: dict[str, Any]) -> list[Claim]:
             f"accuracies {', '.join(f'{a:.3f}' for a in one)}",
         ),
     ]
+
+
+def plot_induction_head(run: dict[str, Any], path: Path) -> Path:
+    """The pattern of ``run``'s head with the highest prefix-matching score, with red dots where an induction
+    head should look (:func:`induction_markers`); ``run`` is one entry of :func:`run`'s results."""
+    plt = pyplot()
+    pm = np.asarray(run["prefix_matching"])
+    layer, head = np.unravel_index(np.argmax(pm), pm.shape)
+    pat = np.asarray(run["pattern"])  # [L, H, T, T]
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    t = pat.shape[-1]
+    ax.imshow(pat[layer, head], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    queries, keys = induction_markers(t, run["period"])
+    ax.plot(  # x is the column (key), y the row (query), as imshow draws them
+        keys,
+        queries,
+        "r.",
+        ms=2,
+        alpha=0.6,
+        label="token after the earlier occurrence",
+    )
+    ax.set(
+        xlabel="key position",
+        ylabel="query position",
+        title=f"induction head L{layer}H{head} (prefix matching {pm[layer, head]:.2f})",
+    )
+    ax.legend(fontsize=7, loc="lower left")
+    return save_figure(fig, path)
 
 
 def write_report(out: Path, results: dict[str, Any], command: str, smoke: bool) -> Path:
@@ -421,26 +459,8 @@ def write_report(out: Path, results: dict[str, Any], command: str, smoke: bool) 
     rep.heading("Attention patterns")
     rep.figure(p, "every head of the 2-layer model (red title: the head with the highest prefix-matching score)", out)
 
-    fig, ax = plt.subplots(figsize=(5.2, 5))
-    t = pat.shape[-1]
-    ax.imshow(pat[layer, head], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    start2 = t - two["period"] + 1
-    ax.plot(
-        np.arange(start2, t),
-        np.arange(start2, t) - two["period"] + 1,
-        "r.",
-        ms=2,
-        alpha=0.6,
-        label="token after the earlier occurrence",
-    )
-    ax.set(
-        xlabel="key position",
-        ylabel="query position",
-        title=f"induction head L{layer}H{head} (prefix matching {pm[layer, head]:.2f})",
-    )
-    ax.legend(fontsize=7, loc="lower left")
     rep.figure(
-        save_figure(fig, out / "induction_head.png"),
+        plot_induction_head(two, out / "induction_head.png"),
         "the induction head's pattern; red dots mark where an induction head should look",
         out,
     )
@@ -473,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     out = default_out(NAME, args)
     results = run(out, args.smoke)
-    return finish(write_report(out, results, command_line(NAME, argv), args.smoke), results=results)
+    return finish(write_report(out, results, command_line(NAME, argv), args.smoke), args.smoke, results=results)
 
 
 if __name__ == "__main__":

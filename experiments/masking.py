@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None):
     if rows is None:
         return None
     res = run(out, sweep, rows, args.smoke)
-    return finish(write_report(out, sweep, rows, res, command_line(NAME, argv), args.smoke), results=res)
+    return finish(write_report(out, sweep, rows, res, command_line(NAME, argv), args.smoke), args.smoke, results=res)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None):
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None
-    return finish(write_report(out, sweep, rows, command_line(NAME, argv), args.smoke), rows=rows)
+    return finish(write_report(out, sweep, rows, command_line(NAME, argv), args.smoke), args.smoke, rows=rows)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import types
 import typing
 from typing import Any, ClassVar, TypeVar
 
 PLAIN_TYPES = (int, float, str, bool, type(None))  # the values that survive a JSON round trip unchanged
+# The largest integer a config field may hold: steps, sizes and seeds all fit an int32 (the step counter is one);
+# anything beyond is a typo, refused in one line rather than overflowing somewhere later.
+MAX_INT = 2**31 - 1
+NON_FINITE = ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -68,6 +73,8 @@ def parse_value(text: str, allowed: tuple[type, ...], key: str, error: type[Exce
         return int(s)
     if float in allowed and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s):
         return float(s)
+    if float in allowed and s.lower() in NON_FINITE:
+        raise error(f"override {key}={text!r}: NaN and infinity are not valid for {key}; give a finite number")
     if str in allowed:
         if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
             return s[1:-1]
@@ -101,6 +108,11 @@ class ConfigBase:
                 raise self.error(
                     f"{type(self).__name__}.{name}={value!r}: expected {type_names(allowed)}, got {type(value).__name__}"
                 )
+            where = f"{type(self).__name__}.{name}={value!r}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.error(f"{where}: NaN and infinity are not valid values here; give a finite number")
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+                raise self.error(f"{where}: beyond 2**31 - 1 = {MAX_INT}, the largest value a config field may hold")
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with ``changes`` applied and validated again; an unknown field raises ``self.error``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -33,10 +34,11 @@ TEXT = ["--config", "shakespeare-char-cpu", "model.n_layers=1", "model.d_model=1
 class Case:
     id: str
     what: str  # the bad input, for the catalogue
-    tool: str  # 'train' (python -m train) or 'sample' (python -m train.sample)
+    tool: str  # a key of PROGS: 'train' (python -m train), 'sample' (python -m train.sample), 'heads', 'sweep'
     argv: tuple[str, ...]  # {run}: a trained induction run; {text_run}: a trained text run; {tmp}: a scratch dir
     phrase: str  # must appear in the one-line message
     setup: Callable[[Path], None] | None = None  # writes files under {tmp} first
+    notice: bool = False  # valid, but not what it may seem: exit 0 and one line `notice: ...` saying what happens
 
 
 def _write(name: str, content: bytes) -> Callable[[Path], None]:
@@ -203,6 +205,61 @@ CASES = [
         "step 7",
     ),
     Case(
+        "absurd-steps",
+        "a step count beyond any int32",
+        "train",
+        ("train.steps=99999999999999999999",),
+        "beyond 2**31 - 1",
+    ),
+    Case(
+        "too-big-for-memory",
+        "a model that cannot fit in memory",
+        "train",
+        ("model.n_layers=100000",),
+        "pass train.memory_check=false",
+    ),
+    Case("nan-lr", "NaN learning rate", "train", ("train.lr=nan",), "NaN and infinity are not valid for train.lr"),
+    Case("inf-rope-base", "infinite rope base", "train", ("model.rope_base=inf",), "NaN and infinity"),
+    Case("heads-zero-workers", "experiment with --workers 0", "heads", ("--workers", "0"), "--workers 0: must be >= 1"),
+    Case("heads-negative-workers", "experiment with --workers -2", "heads", ("--workers", "-2"), "must be >= 1"),
+    Case(
+        "sweep-zero-workers",
+        "sweep with --workers 0",
+        "sweep",
+        ("--config", "induction", "--grid", "model.n_layers=1,2", "--out", "{tmp}/sw", "--workers", "0"),
+        "--workers 0: must be >= 1",
+    ),
+    Case(
+        "sweep-bad-grid-value",
+        "sweep whose last grid value is bad (checked before any point trains)",
+        "sweep",
+        ("--config", "induction", "--grid", "train.lr=1e-3,-1", "--out", "{tmp}/sw"),
+        "point lr=-1: train.lr=-1.0",
+    ),
+    Case(
+        "sample-empty-text-prompt",
+        "empty text prompt",
+        "sample",
+        ("{text_run}", "--prompt", ""),
+        "the prompt is empty",
+    ),
+    Case(
+        "sample-top-k-beyond-vocab",
+        "sample --top-k beyond the vocabulary",
+        "sample",
+        ("{run}", "--prompt", "1 2", "--max-new-tokens", "3", "--top-k", "100000"),
+        "it keeps every token",
+        notice=True,
+    ),
+    Case(
+        "sample-beyond-max-len",
+        "sample --max-new-tokens beyond max_len",
+        "sample",
+        ("{run}", "--prompt", "1 2", "--max-new-tokens", "100"),
+        "the context slides",
+        notice=True,
+    ),
+    Case(
         "sample-bad-temperature",
         "sample --temperature -1",
         "sample",
@@ -224,21 +281,57 @@ def render_markdown() -> str:
         "| # | bad input | command | the message contains |",
         "|---|---|---|---|",
     ]
-    for i, c in enumerate(CASES, 1):
-        args = " ".join(c.argv).replace(" ".join(TINY), "TINY")
-        args = args.replace("{run}", "RUN").replace("{text_run}", "TEXT_RUN").replace("{tmp}", "TMP")
-        prog = "python -m train" if c.tool == "train" else "python -m train.sample"
-        cmd = f"{prog} {args}".replace("|", "\\|")
-        lines.append(f"| {i} | {c.what} | `{cmd}` | `{c.phrase}` |")
+    errors, notices = [c for c in CASES if not c.notice], [c for c in CASES if c.notice]
+    lines += [_row(i, c) for i, c in enumerate(errors, 1)]
+    lines += [
+        "",
+        "## Valid inputs that get a notice",
+        "",
+        "These run (exit code 0) but do not do what they may seem to; each prints one line `notice: ...` on stderr",
+        "saying what happens instead.",
+        "",
+        "| # | input | command | the notice contains |",
+        "|---|---|---|---|",
+    ]
+    lines += [_row(i, c) for i, c in enumerate(notices, 1)]
     return "\n".join(lines) + "\n"
 
 
+def _row(i: int, c: Case) -> str:
+    args = " ".join(shlex.quote(a) if a == "" else a for a in c.argv).replace(" ".join(TINY), "TINY")
+    args = args.replace("{run}", "RUN").replace("{text_run}", "TEXT_RUN").replace("{tmp}", "TMP")
+    cmd = f"{PROGS[c.tool]} {args}".replace("|", "\\|")
+    return f"| {i} | {c.what} | `{cmd}` | `{c.phrase}` |"
+
+
+PROGS = {
+    "train": "python -m train",
+    "sample": "python -m train.sample",
+    "heads": "python -m experiments.heads",
+    "sweep": "python -m experiments.sweep",
+}
+
+
 def _main(tool: str):
+    """The command line's main(argv) -> exit code (an experiment's SystemExit(code) is its exit code)."""
     if tool == "train":
         from train.cli import main
-    else:
+    elif tool == "sample":
         from train.sample import main
-    return main
+    elif tool == "sweep":
+        from experiments.sweep import main
+    else:
+        import importlib
+
+        main = importlib.import_module(f"experiments.{tool}").main
+
+    def run(argv):
+        try:
+            return main(argv)
+        except SystemExit as e:
+            return e.code
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -298,10 +391,17 @@ def test_bad_input_gets_one_clear_line(case, request, tmp_path, capsys, monkeypa
     code = _main(case.tool)(argv)
     out, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
+    if case.notice:
+        assert code == 0 and "Traceback" not in out + err, (code, err[-1500:])
+        notices = [line for line in lines if line.startswith("notice: ")]
+        assert len(notices) == 1 and case.phrase in notices[0], lines
+        return
     assert code == 2, (code, out[-500:], err[-1500:])
     assert "Traceback" not in out + err
     assert lines and lines[-1].startswith("error: "), err
     assert case.phrase in lines[-1], lines[-1]
+    if case.tool in ("heads", "sweep"):  # refused before anything was written
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "sw").exists()
     if os.environ.get("BAD_INPUTS_MESSAGES"):  # collect the real messages (for the README), paths shortened
         with open(os.environ["BAD_INPUTS_MESSAGES"], "a") as f:
             f.write(f"{case.id}\t{lines[-1].replace(str(tmp_path), 'TMP')}\n")

@@ -66,6 +66,22 @@ def test_report_renders_claims_tables_and_figures(tmp_path):
 
 
 # ---------------------------------------------------------------------------- induction
+def test_smoke_verdicts_say_on_the_same_line_that_they_mean_nothing(tmp_path, capsys):
+    from experiments.common import finish
+
+    rep = Report("t", "cmd")
+    rep.claim(Claim("a claim", False, "x = 1"))
+    rep.claim(Claim("another", True, "y = 2"))
+    finish((rep.write(tmp_path), rep), smoke=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "- FAIL (smoke run: too small to judge) a claim: x = 1",
+        "- PASS (smoke run: too small to judge) another: y = 2",
+    ]
+    finish((rep.write(tmp_path), rep))  # a full run: the verdict alone
+    assert capsys.readouterr().out.splitlines()[0] == "- FAIL a claim: x = 1"
+
+
 def test_shifted_induction_targets_follow_the_earlier_occurrence():
     rng = np.random.default_rng(0)
     seqs, mask, period = induction.shifted_induction_sequences(rng, 256, 64, 64, 16)
@@ -105,10 +121,31 @@ def test_head_scores_on_constructed_patterns():
     assert prefix[0, 0] == pytest.approx(np.mean([1 / (t + 1) for t in queries]))
 
 
+def test_induction_markers_land_on_allowed_cells():
+    for t, period in [(16, 8), (64, 32), (64, 20), (9, 2)]:
+        queries, keys = induction.induction_markers(t, period)
+        assert len(queries) == period - 1 and queries[-1] == t - 1
+        assert np.all((0 <= keys) & (keys <= queries))  # the causal mask allows key <= query only
+        assert np.all(queries - keys == period - 1)
+
+
 @pytest.mark.slow
-def test_induction_smoke(tmp_path):
+def test_induction_smoke(tmp_path, monkeypatch, capsys):
     out = tmp_path / "induction"
+    drawn = {}
+    save = induction.save_figure
+
+    def spy(fig, path, *a, **k):  # the red markers as drawn: x is the key (column), y the query (row)
+        if path.name == "induction_head.png":
+            line = fig.axes[0].lines[0]
+            drawn["keys"], drawn["queries"] = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        return save(fig, path, *a, **k)
+
+    monkeypatch.setattr(induction, "save_figure", spy)
     r = induction.main(["--smoke", "--out", str(out)])
+    assert len(drawn["keys"]) and np.all(drawn["keys"] <= drawn["queries"]), drawn  # not in the masked triangle
+    verdicts = [ln for ln in capsys.readouterr().out.splitlines() if "PASS" in ln or "FAIL" in ln]
+    assert verdicts and all("(smoke run: too small to judge)" in ln for ln in verdicts), verdicts
     text = check_report(
         out, 2, ["loss_by_position.png", "accuracy.png", "attention_grid.png", "induction_head.png"], "--smoke"
     )

@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         configure_xla(cfg)
         from train.loop import train
 
-        result = train(cfg, resume=args.resume is not None, progress=False if args.no_progress else None)
+        result = train(
+            cfg,
+            resume=args.resume is not None,
+            progress=False if args.no_progress else None,
+            exit_on_early_signal=True,  # SIGINT/SIGTERM during set-up or compiling end the process at once
+        )
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -89,6 +89,7 @@ class TrainConfig(ConfigBase):
     keep_checkpoints: int = 3  # the newest this many checkpoints are kept
     async_checkpoint: bool = True  # write checkpoints in a background thread while training goes on
     max_nonfinite: int = 5  # stop after this many steps in a row with a NaN/Inf loss or gradient (updates refused)
+    memory_check: bool = True  # refuse a run whose estimated memory exceeds what is available (train/memory.py)
 
     error = ConfigError  # ConfigBase's type and unknown-field checks raise this (not a field: no annotation)
 

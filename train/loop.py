@@ -32,8 +32,10 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import signal
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,8 +50,9 @@ from model.transformer import attention_patterns
 from train.checkpoint import Checkpointer
 from train.config import CONFIG_FILE, ConfigError, RunConfig, RunDirError, SetupError, goal_met, load_run_config
 from train.distributed import sharding_plan
+from train.memory import check as memory_check
 from train.report import METRICS_FILE, MetricsLog, NoLog, join_labels, plot_attention, plot_losses, write_summary
-from train.rundir import prepare
+from train.rundir import SETUP_MARKER, discard_unstarted, prepare
 from train.step import build_steps
 
 CHECKPOINT_DIR = "checkpoints"
@@ -123,23 +126,64 @@ def _nonfinite_counter(limit: int) -> Callable:
 
 
 class _SignalCatcher:
-    """SIGINT/SIGTERM set a flag that the loop reads after each step (only in the main thread)."""
+    """SIGINT/SIGTERM set a flag that the loop reads after each step (only in the main thread).
 
-    def __init__(self, enabled: bool):
+    Before the first step has finished (set-up, restoring, compiling) there is nothing to save, and the
+    main thread may sit in XLA's compiler for minutes, where no Python handler runs. So until
+    :meth:`started`, a watcher thread reads the signal from ``signal.set_wakeup_fd`` (written by the C
+    handler the moment the signal arrives), calls ``on_early`` (which removes a half-made run
+    directory), prints one line and ends the process with 130 / 143 within moments.
+    """
+
+    def __init__(self, enabled: bool, on_early: Callable[[str], None] | None = None):
         self.received: str | None = None
         self._old: dict[int, Any] = {}
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._on_early = on_early
+        self._started = threading.Event()
+        self._fds: tuple[int, int] | None = None
+        self._old_wakeup = -1
 
     def __enter__(self):
         if self.enabled:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
+            if self._on_early is not None:
+                r, w = os.pipe()
+                os.set_blocking(w, False)
+                self._fds = (r, w)
+                self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+                threading.Thread(target=self._watch, args=(r,), daemon=True, name="early-signals").start()
         return self
 
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
 
+    def _watch(self, r: int) -> None:
+        while True:
+            try:
+                data = os.read(r, 1)
+            except OSError:
+                return
+            if not data or self._started.is_set():
+                return
+            if data[0] not in (signal.SIGINT, signal.SIGTERM):
+                continue
+            name = signal.Signals(data[0]).name
+            try:
+                self._on_early(name)
+            finally:
+                os._exit(SIGNAL_EXIT_CODES[name])
+
+    def started(self) -> None:
+        """The first step is done: from now on a signal stops the loop after a step, with a checkpoint."""
+        self._started.set()
+
     def __exit__(self, *exc):
+        self._started.set()
+        if self._fds is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            os.close(self._fds[1])  # the watcher reads end-of-file and returns
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
@@ -166,6 +210,7 @@ class _Run:
     batch_sharding: Any
     put: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]  # host batch -> device batch
     metrics_log: MetricsLog
+    created: bool = False  # this process created run_dir (a fresh run)
 
 
 def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
@@ -176,6 +221,7 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
         raise
     except (ValueError, OSError) as e:  # ConfigError, the data's one-line ValueErrors, unreadable files
         raise SetupError(str(e)) from None
+    memory_check(cfg)  # from shapes, before anything is written, allocated or compiled (train/memory.py)
     plan = None
     if state_sharding is None and batch_sharding is None:
         plan = sharding_plan(cfg)  # None on one device; a bad mesh raises ConfigError here, before compiling
@@ -190,8 +236,11 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
         target = batch_sharding if batch_sharding is not None else jax.devices()[0]
         put = functools.partial(jax.device_put, device=target)
     writer = jax.process_index() == 0  # only process 0 writes the run directory's files (Orbax coordinates itself)
+    created = not run_dir.exists()
     try:  # a read-only or full disk fails here, before any compiling or training
         run_dir.mkdir(parents=True, exist_ok=True)
+        if writer and not resuming:
+            (run_dir / SETUP_MARKER).write_text("set up, no step done yet: the same command starts it afresh\n")
         if writer:
             (run_dir / CONFIG_FILE).write_text(cfg.to_json() + "\n")
             ds.save_vocab(run_dir)
@@ -200,7 +249,7 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
             f"cannot write the run directory {run_dir} ({e.strerror or e}): choose another run_dir"
         ) from None
     metrics_log = (MetricsLog if writer else NoLog)(run_dir / METRICS_FILE)
-    return _Run(cfg, run_dir, ds, resuming, state_sharding, batch_sharding, put, metrics_log)
+    return _Run(cfg, run_dir, ds, resuming, state_sharding, batch_sharding, put, metrics_log, created)
 
 
 def _restore_or_init(run: _Run, steps, ckpt: Checkpointer, log: Callable[[str], None]):
@@ -230,7 +279,7 @@ class _Loop:
     compile_s: float
 
 
-def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, *, progress, stop_after, handle_signals):
+def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, *, progress, stop_after, signals):
     """Phase 3: train from ``start`` to ``train.steps`` (or a signal, or ``stop_after``), logging, evaluating, saving."""
     from tqdm import tqdm
 
@@ -244,65 +293,66 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, *, progre
     compile_s = 0.0
 
     bar = tqdm(total=tc.steps, initial=start, unit="step", disable=(not progress) if progress is not None else None)
-    with _SignalCatcher(handle_signals) as signals:
-        if start == 0:
+    if start == 0:
+        final = evaluate(eval_step, state.params, ds, cfg, put)
+        metrics_log.write({"step": 0, "kind": "eval", **final})
+    step = start
+    batch = put(ds.batch("train", step, tc.batch_size, seq_len)) if step < tc.steps else None
+    window_steps, window_t = 0, time.perf_counter()
+    count_nonfinite = _nonfinite_counter(tc.max_nonfinite)
+    nonfinite = jnp.asarray([0, 0, -1], jnp.int32)  # [streak, total, hit step]: see _nonfinite_counter
+    while step < tc.steps:
+        first = step == start
+        state, metrics = train_step(state, batch)
+        step += 1
+        nonfinite = count_nonfinite(nonfinite, metrics["nonfinite"], step)
+        if step < tc.steps:  # build and send the next batch while this step runs
+            batch = put(ds.batch("train", step, tc.batch_size, seq_len))
+        if first:  # the first call compiles: keep it out of the timings
+            jax.block_until_ready(metrics)
+            compile_s = time.perf_counter() - window_t
+            window_steps, window_t = 0, time.perf_counter()
+            signals.started()  # a signal now stops after a step, with a checkpoint
+            (run.run_dir / SETUP_MARKER).unlink(missing_ok=True)
+        else:
+            window_steps += 1
+        bar.update(1)
+        stopping = (signals.received is not None or step == stop_after) and step < tc.steps
+        if step % tc.log_every == 0 or step == tc.steps or stopping:
+            m, (_, n_bad, hit) = _floats(metrics), jax.device_get(nonfinite).tolist()  # the hot loop's one sync
+            m.pop("nonfinite")
+            now = time.perf_counter()
+            rec = {"step": step, "kind": "train", **m, "nonfinite_steps": n_bad}
+            if window_steps:
+                windows.append((window_steps, now - window_t))
+                rec["ms_per_step"] = 1e3 * (now - window_t) / window_steps
+                rec["tokens_per_s"] = tokens_per_step * window_steps / (now - window_t)
+                bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
+            metrics_log.write(rec)
+            window_steps, window_t = 0, now
+            if hit >= 0:  # stop, no save; refused updates never reached the params: every checkpoint is good
+                bar.close()
+                ckpt.close()
+                good = ckpt.latest_step()
+                raise NonFiniteError(
+                    f"non-finite loss or gradients in train.max_nonfinite={tc.max_nonfinite} steps in a row "
+                    f"(steps {hit - tc.max_nonfinite + 1}..{hit}; {n_bad} refused updates up to step {step}): "
+                    f"stopped at step {step}; the last good checkpoint is step {good}; "
+                    f"lower train.lr or check the data, then resume"
+                )
+        if step % tc.eval_every == 0 or step == tc.steps:
             final = evaluate(eval_step, state.params, ds, cfg, put)
-            metrics_log.write({"step": 0, "kind": "eval", **final})
-        step = start
-        batch = put(ds.batch("train", step, tc.batch_size, seq_len)) if step < tc.steps else None
-        window_steps, window_t = 0, time.perf_counter()
-        count_nonfinite = _nonfinite_counter(tc.max_nonfinite)
-        nonfinite = jnp.asarray([0, 0, -1], jnp.int32)  # [streak, total, hit step]: see _nonfinite_counter
-        while step < tc.steps:
-            first = step == start
-            state, metrics = train_step(state, batch)
-            step += 1
-            nonfinite = count_nonfinite(nonfinite, metrics["nonfinite"], step)
-            if step < tc.steps:  # build and send the next batch while this step runs
-                batch = put(ds.batch("train", step, tc.batch_size, seq_len))
-            if first:  # the first call compiles: keep it out of the timings
-                jax.block_until_ready(metrics)
-                compile_s = time.perf_counter() - window_t
-                window_steps, window_t = 0, time.perf_counter()
-            else:
-                window_steps += 1
-            bar.update(1)
-            stopping = (signals.received is not None or step == stop_after) and step < tc.steps
-            if step % tc.log_every == 0 or step == tc.steps or stopping:
-                m, (_, n_bad, hit) = _floats(metrics), jax.device_get(nonfinite).tolist()  # the hot loop's one sync
-                m.pop("nonfinite")
-                now = time.perf_counter()
-                rec = {"step": step, "kind": "train", **m, "nonfinite_steps": n_bad}
-                if window_steps:
-                    windows.append((window_steps, now - window_t))
-                    rec["ms_per_step"] = 1e3 * (now - window_t) / window_steps
-                    rec["tokens_per_s"] = tokens_per_step * window_steps / (now - window_t)
-                    bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
-                metrics_log.write(rec)
-                window_steps, window_t = 0, now
-                if hit >= 0:  # stop, no save; refused updates never reached the params: every checkpoint is good
-                    bar.close()
-                    ckpt.close()
-                    good = ckpt.latest_step()
-                    raise NonFiniteError(
-                        f"non-finite loss or gradients in train.max_nonfinite={tc.max_nonfinite} steps in a row "
-                        f"(steps {hit - tc.max_nonfinite + 1}..{hit}; {n_bad} refused updates up to step {step}): "
-                        f"stopped at step {step}; the last good checkpoint is step {good}; "
-                        f"lower train.lr or check the data, then resume"
-                    )
-            if step % tc.eval_every == 0 or step == tc.steps:
-                final = evaluate(eval_step, state.params, ds, cfg, put)
-                metrics_log.write({"step": step, "kind": "eval", **final})
-                bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
-            if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
-                ckpt.save(state, {"step": step, "data_position": step, "config": cfg.to_dict()})
-            if step % tc.eval_every == 0 or step % tc.checkpoint_every == 0:
-                window_steps, window_t = 0, time.perf_counter()  # evaluation and saving are not step time
-            if stopping:
-                interrupted = signals.received or "stop_after"
-                break
-        bar.close()
-        ckpt.close()  # waits for the asynchronous writes
+            metrics_log.write({"step": step, "kind": "eval", **final})
+            bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
+            ckpt.save(state, {"step": step, "data_position": step, "config": cfg.to_dict()})
+        if step % tc.eval_every == 0 or step % tc.checkpoint_every == 0:
+            window_steps, window_t = 0, time.perf_counter()  # evaluation and saving are not step time
+        if stopping:
+            interrupted = signals.received or "stop_after"
+            break
+    bar.close()
+    ckpt.close()  # waits for the asynchronous writes
     return _Loop(state, step, final, interrupted, windows, compile_s)
 
 
@@ -352,6 +402,7 @@ def _train(
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
     handle_signals: bool = True,
+    exit_on_early_signal: bool = False,
     plots: bool = True,
     state_sharding=None,
     batch_sharding=None,
@@ -359,20 +410,36 @@ def _train(
     """Train ``cfg`` in ``cfg.run_dir`` (created; or continued with ``resume``) and return what happened.
 
     ``stop_after``: stop after that step as if interrupted (a checkpoint is saved), for tests of resuming.
+    ``exit_on_early_signal`` (the command line): SIGINT/SIGTERM before the first step is done end the process
+    within moments, even during compilation, removing what a fresh run had written (see _SignalCatcher).
     ``progress``: tqdm bar (None: only on a terminal). ``state_sharding`` / ``batch_sharding``: see train/step.py;
     without them the run uses ``cfg.mesh`` and ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
     """
+    made: list[_Run] = []  # the run once set up: what an early signal or error has to clean up
+
+    def on_early(name: str) -> None:  # a signal before the first step: nothing to save; leave nothing behind
+        run = made[0] if made else None
+        if run is not None and not run.resuming and jax.process_index() == 0:
+            discard_unstarted(run.run_dir, run.created)
+        where = f" (removed what it had written in {run.run_dir})" if run is not None and not run.resuming else ""
+        print(f"interrupted ({name}) before the first step: nothing to save{where}", file=sys.stderr, flush=True)
+
+    signals = scope.enter_context(_SignalCatcher(handle_signals, on_early if exit_on_early_signal else None))
     run = _setup(cfg, scope, resume=resume, log=log, state_sharding=state_sharding, batch_sharding=batch_sharding)
+    made.append(run)
     tc = run.cfg.train
-    steps = build_steps(
-        run.cfg.model, tc, run.cfg.seq_len, state_sharding=run.state_sharding, batch_sharding=run.batch_sharding
-    )
-    ckpt = Checkpointer(run.run_dir / CHECKPOINT_DIR, keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
-    state, start = _restore_or_init(run, steps, ckpt, log)
+    try:
+        steps = build_steps(
+            run.cfg.model, tc, run.cfg.seq_len, state_sharding=run.state_sharding, batch_sharding=run.batch_sharding
+        )
+        ckpt = Checkpointer(run.run_dir / CHECKPOINT_DIR, keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
+        state, start = _restore_or_init(run, steps, ckpt, log)
+    except BaseException:  # e.g. out of memory while initialising: a fresh run leaves no half-made directory
+        if not run.resuming and jax.process_index() == 0:
+            discard_unstarted(run.run_dir, run.created)
+        raise
     t_start = time.perf_counter()
-    done = _hot_loop(
-        run, steps, ckpt, state, start, progress=progress, stop_after=stop_after, handle_signals=handle_signals
-    )
+    done = _hot_loop(run, steps, ckpt, state, start, progress=progress, stop_after=stop_after, signals=signals)
     return _report(run, steps, done, t_start, plots)
 
 

@@ -26,6 +26,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.keep_checkpoints",
         "train.async_checkpoint",
         "train.max_nonfinite",
+        "train.memory_check",
         # where the state lives, not what it is: a run saved on 8 devices resumes on 2 or on 1
         "mesh.data",
         "mesh.fsdp",
@@ -34,6 +35,26 @@ RESUMABLE_CHANGES = frozenset(
         "sharding",
     }
 )
+
+
+# A fresh run directory holds this file until its first step is done: such a directory holds nothing worth
+# keeping, and prepare() lets the same command start it afresh (after a SIGKILL during set-up or compiling).
+SETUP_MARKER = ".setting-up"
+
+
+def discard_unstarted(run_dir: Path, created: bool) -> None:
+    """Remove what a fresh run wrote before its first step (the whole directory if this run created it)."""
+    import shutil
+
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in (CONFIG_FILE, "vocab.json", "metrics.jsonl", "checkpoints", SETUP_MARKER):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -63,6 +84,10 @@ def prepare(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] 
     """
     run_dir = Path(cfg.run_dir if cfg.run_dir is not None else cfg.default_run_dir())
     exists = run_dir.is_dir() and any(run_dir.iterdir())  # a file in the way is reported below
+    if exists and not resume and (run_dir / SETUP_MARKER).is_file():  # killed before its first step was done
+        log(f"{run_dir} was set up but never finished a step (killed during set-up or compiling): starting afresh")
+        discard_unstarted(run_dir, created=False)
+        exists = any(run_dir.iterdir())
     if exists and not resume:
         raise RunDirError(
             f"run directory {run_dir} already exists and is not empty: pass --resume to continue it, "

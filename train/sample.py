@@ -229,6 +229,26 @@ def load_params(run_dir: str | Path, cfg, step: int | None = None):
     return model, state.params
 
 
+def sampling_notices(
+    sc: SamplingConfig, vocab_size: int, prompt_len: int, max_new_tokens: int, max_len: int, context_shift: int | None
+) -> list[str]:
+    """One line per request that is valid but does not do what it may seem to: a top-k that keeps the whole
+    vocabulary, a generation longer than the context window (the context slides)."""
+    notes = []
+    if sc.top_k is not None and sc.top_k >= vocab_size and sc.temperature:
+        notes.append(
+            f"--top-k {sc.top_k} is not below the vocabulary's {vocab_size} tokens: it keeps every token (no top-k filter)"
+        )
+    if prompt_len + max_new_tokens > max_len:
+        shift = max(1, max_len // 4) if context_shift is None else context_shift
+        notes.append(
+            f"prompt ({prompt_len}) + --max-new-tokens ({max_new_tokens}) exceeds max_len={max_len}: the context "
+            f"slides; when it is full the newest {max_len - shift} tokens are kept (--context-shift {shift}), so later "
+            f"tokens never see the start"
+        )
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
     from model.host import tune_host
 
@@ -251,9 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
         sc = SamplingConfig(0.0 if args.greedy else args.temperature, args.top_k, args.top_p)
         cfg, ds = load_codec(args.run_dir)
-        prompt = args.prompt if args.prompt is not None else ("\n" if cfg.data.task == "text" else None)
+        text = cfg.data.task == "text"
+        prompt = args.prompt if args.prompt is not None else ("\n" if text else None)
+        if prompt is None or (not prompt.strip() and not text):
+            raise ValueError(f"a {cfg.data.task} run needs --prompt (space-separated token ids, e.g. --prompt '1 2 3')")
         if not prompt:
-            raise ValueError(f"a {cfg.data.task} run needs --prompt (space-separated token ids)")
+            raise ValueError("the prompt is empty: give at least one character (without --prompt it is a newline)")
         ids = np.asarray(ds.encode(prompt), np.int32)
         if ids.size == 0:
             raise ValueError("the prompt encodes to no tokens: give at least one character")
@@ -266,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for line in sampling_notices(
+        sc, ds.vocab_size, ids.size, args.max_new_tokens, cfg.model.max_len, args.context_shift
+    ):
+        print(f"notice: {line}", file=sys.stderr)
 
     prompts = jnp.asarray(np.tile(ids[None, :], (args.num_samples, 1)))
     key = jax.random.key(args.seed)

@@ -273,6 +273,7 @@ def _compile_key(tc: TrainConfig) -> TrainConfig:
         checkpoint_every=1,
         keep_checkpoints=1,
         async_checkpoint=False,
+        memory_check=True,
     )
     if tc.schedule == "constant" or tc.decay_steps is not None:  # then the schedule ignores train.steps
         key = dataclasses.replace(key, steps=max(1, tc.warmup_steps))

@@ -31,7 +31,7 @@ and recording), and ``--report`` afterwards collects everything.
 """
 
 from experiments.sweep.cli import build_parser, main, sweep_from_args
-from experiments.sweep.experiment import run_for_experiment, sweep_experiment_main, with_set
+from experiments.sweep.experiment import check_sweeps, run_for_experiment, sweep_experiment_main, with_set
 from experiments.sweep.results import (
     METRIC_COLUMNS,
     REPO_ROOT,
@@ -70,6 +70,7 @@ __all__ = [
     "Sweep",
     "SweepError",
     "build_parser",
+    "check_sweeps",
     "collect",
     "config_errors",
     "is_finished",

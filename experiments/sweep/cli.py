@@ -61,6 +61,8 @@ def sweep_from_args(args: argparse.Namespace) -> tuple[Sweep, Path]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.workers < 1:  # before anything is written
+            raise SweepError(f"--workers {args.workers}: must be >= 1")
         sweep, out = sweep_from_args(args)
         if args.print_commands:
             print_commands(sweep, out)

@@ -25,17 +25,34 @@ def run_for_experiment(
     (both return None: nothing was trained here); otherwise the points run (finished ones skipped).
     """
     out = Path(out)
-    if getattr(args, "print_commands", False):
-        print_commands(sweep, out)
-        return None
-    if getattr(args, "slurm", None):
-        sweep.check()
-        out.mkdir(parents=True, exist_ok=True)
-        write_spec(sweep, out)
-        args.slurm.write_text(slurm_script(sweep, out, args.slurm))
-        print(f"wrote {args.slurm} ({len(sweep.points())} tasks); after they finish, rerun this command for the report")
-        return None
-    return run_sweep(sweep, out, workers=args.workers, runner=args.runner, log=log)
+    try:
+        if getattr(args, "print_commands", False):
+            print_commands(sweep, out)
+            return None
+        if getattr(args, "slurm", None):
+            sweep.check()
+            out.mkdir(parents=True, exist_ok=True)
+            write_spec(sweep, out)
+            args.slurm.write_text(slurm_script(sweep, out, args.slurm))
+            print(
+                f"wrote {args.slurm} ({len(sweep.points())} tasks); after they finish, rerun this command for the report"
+            )
+            return None
+        return run_sweep(sweep, out, workers=args.workers, runner=args.runner, log=log)
+    except SweepError as e:  # a bad point, a changed sweep: one line, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def check_sweeps(sweeps) -> None:
+    """Resolve every point of every sweep an experiment will run, before it trains any: the first bad key or
+    value is one ``error:`` line and exit code 2 (a bad value of the last sweep must not wait for the first)."""
+    try:
+        for sweep in sweeps:
+            sweep.check()
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def with_set(sweep, args: argparse.Namespace):
@@ -67,4 +84,6 @@ def sweep_experiment_main(name: str, doc: str | None, argv, steps: int, seeds: S
     rows = run_for_experiment(sweep, out, args)
     if rows is None:
         return None
-    return finish(write_report(out, sweep, rows, command_line(name, argv), args.smoke, args.steps), rows=rows)
+    return finish(
+        write_report(out, sweep, rows, command_line(name, argv), args.smoke, args.steps), args.smoke, rows=rows
+    )

@@ -153,8 +153,15 @@ def run_sweep(
     out = Path(out)
     if workers < 1:
         raise SweepError(f"workers={workers}: must be >= 1")
-    out.mkdir(parents=True, exist_ok=True)
     points = sweep.points()
+    # every point's config resolves before anything is created or trained: a bad grid value is named now,
+    # not after the good points have trained
+    bad = config_errors(sweep, [p for p in points if only is None or p.index in only])
+    if bad:
+        pid, why = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more point(s))" if len(bad) > 1 else ""
+        raise SweepError(f"point {pid}: {why}{more}; nothing was trained")
+    out.mkdir(parents=True, exist_ok=True)
     stale = stale_points(sweep, out, [p for p in points if only is None or p.index in only])
     if stale:
         pid, why = next(iter(stale.items()))
@@ -164,14 +171,6 @@ def run_sweep(
         )
     write_spec(sweep, out)
     todo = [p for p in points if (only is None or p.index in only) and not is_finished(run_dir_of(out, p))]
-    bad = config_errors(sweep, todo)
-    for p in todo:  # a bad config is recorded like any failed point; the others still run
-        if p.id in bad:
-            (out / "logs").mkdir(parents=True, exist_ok=True)
-            status = {"status": "failed", "returncode": 2, "seconds": 0.0, "error": f"error: {bad[p.id]}"}
-            status_path(out, p).write_text(json.dumps(status, indent=1) + "\n")
-            log(f"{p.id}: FAILED (config): {bad[p.id]}")
-    todo = [p for p in todo if p.id not in bad]
     skipped = sum(1 for p in points if is_finished(run_dir_of(out, p)))
     if skipped:
         log(f"{sweep.name}: {skipped} of {len(points)} points already finished, skipped")

@@ -1,0 +1,146 @@
+"""Issue 16, item 3: a run that cannot fit is refused from shapes; signals during set-up and compiling end the
+process at once; a run that never finished a step leaves nothing that blocks the same command again."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from train import memory
+from train.config import PRESETS, apply_overrides, get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def test_a_model_that_cannot_fit_is_refused_in_one_line_quickly_and_small(tmp_path):
+    """Within 30 s of the imports (which alone take 3 s on an idle 2-core box, 30+ s under a load of 20)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import jax, train.loop; jax.devices()"], env=_env(), check=True)
+    imports = time.perf_counter() - t0
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "--no-progress", "model.n_layers=100000", f"run_dir={tmp_path}/huge"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    seconds = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln]
+    assert lines[-1].startswith("error: this run needs about") and "is available" in lines[-1], lines
+    assert "train.memory_check=false" in lines[-1] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "huge").exists()  # refused before anything was written
+    print(f"refused in {seconds:.1f} s (imports alone {imports:.1f} s)")
+    assert seconds - imports < 30, (seconds, imports)
+    assert peak_kb < 2 * 2**20 or before >= peak_kb, peak_kb  # under 2 GB (ru_maxrss is in KB)
+
+
+def test_the_refusal_names_both_numbers_and_can_be_overridden():
+    cfg = apply_overrides(get_preset("induction"), ["model.n_layers=100000"])
+    with pytest.raises(memory.MemoryCheckError, match=r"needs about .* GB .* but 1\.5 GB is available"):
+        memory.check(cfg, available=1.5e9)
+    est = memory.check(cfg.replace(train=cfg.train.replace(memory_check=False)), available=1.5e9)
+    assert est.total > 1e12
+
+
+def test_state_size_from_two_small_models_is_exact():
+    """The parameter and optimizer bytes extrapolated from 1 and 2 layers equal those of the real state."""
+    import jax
+    import numpy as np
+
+    from train.step import state_shapes
+
+    cfg = apply_overrides(get_preset("shakespeare-char-cpu"), ["model.n_layers=5"])
+    s = state_shapes(cfg.model, cfg.train, cfg.seq_len)
+
+    def nbytes(t):
+        return sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(t))
+
+    assert memory.state_bytes(cfg) == (nbytes(s.params), nbytes(s.opt_state))
+
+
+def _experiment_configs():
+    """The resolved configs of every point of the experiments' full (not smoke) sweeps, one per model and batch."""
+    from experiments import heads, masking, mqar, positions, value_map
+
+    sweeps = [masking.make_sweep(False, Path("unused")), mqar.make_sweep(False)]
+    sweeps += [positions.make_sweep(False, Path("unused")), value_map.make_sweep(False, Path("unused"))]
+    sweeps += [heads.make_sweep(False, Path("unused"), heads.steps_for(w, None), w) for w in heads.WIDTHS]
+    seen = {}
+    for sw in sweeps:
+        for p in sw.points():
+            cfg = apply_overrides(get_preset(sw.base), p.overrides(sw))
+            seen.setdefault((cfg.model, cfg.train.batch_size, cfg.train.grad_accum, cfg.seq_len), cfg)
+    return list(seen.values())
+
+
+def test_no_preset_or_experiment_config_is_refused():
+    """Not on this machine when nothing else runs (the other helpers' runs change MemAvailable by the minute),
+    and not on one with 16 GB: shakespeare-char, the largest, needs about 10 GB."""
+    total = next(float(x.split()[1]) * 1024 for x in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in x)
+    configs = [get_preset(name) for name in PRESETS] + _experiment_configs()
+    assert len(configs) > len(PRESETS)
+    for cfg in configs:
+        memory.check(cfg, available=min(total, 16e9))  # raises if refused
+
+
+def test_a_run_killed_before_its_first_step_does_not_block_the_same_command(tmp_path):
+    """A directory left with the set-up marker (a SIGKILL during compiling) is started afresh, not refused."""
+    from train.rundir import SETUP_MARKER, prepare
+
+    cfg = apply_overrides(get_preset("induction"), [f"run_dir={tmp_path}/r"])
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(cfg.to_json())
+    (run / SETUP_MARKER).write_text("x")
+    logs = []
+    _, run_dir, _, resuming = prepare(cfg, log=logs.append)
+    assert not resuming and not (run / "config.json").exists() and "starting afresh" in logs[0]
+    (run / "config.json").write_text(cfg.to_json())  # without the marker: a run that trained, refused
+    with pytest.raises(Exception, match="pass --resume"):
+        prepare(cfg, log=logs.append)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_compilation_ends_the_run_within_seconds(tmp_path, sig):
+    """A real process compiling a large-ish unrolled model gets the signal during compilation: it exits within
+    a few seconds with 143 / 130, leaves no run directory, and the same command then starts."""
+    run_dir = tmp_path / "big"
+    cmd = [sys.executable, "-m", "train", "--no-progress", "--config", "shakespeare-char-cpu"]
+    cmd += ["model.n_layers=48", "model.scan_layers=false", "train.steps=2", f"run_dir={run_dir}"]
+    cmd += [f"data.path={tmp_path / 'text.txt'}"]
+    (tmp_path / "text.txt").write_text("to be or not to be, that is the question.\n" * 400)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+    deadline = time.time() + 300
+    while not (run_dir / "vocab.json").exists():  # set-up done: initialising and compiling from here
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(3)  # well into compiling the init / eval / train steps of 48 unrolled blocks
+    assert proc.poll() is None, "finished before the signal: make the model larger"
+    t0 = time.perf_counter()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    seconds = time.perf_counter() - t0
+    print(f"exit {proc.returncode} {seconds:.2f} s after {sig.name}")
+    assert proc.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig], err[-2000:]
+    assert seconds < 5, seconds
+    assert "before the first step" in err and "Traceback" not in err
+    assert not run_dir.exists()  # nothing blocks the same command
