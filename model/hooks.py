@@ -199,6 +199,9 @@ def patch(source: jax.Array, heads=None, positions=None, *, point: str = "hook_z
 
 
 # ---------------------------------------------------------------------------- patching sweeps
+_SWEEPS: dict = {}  # (config, metric, point, over, batch_size) -> the jitted sweep
+
+
 def patching_sweep(
     model: Transformer,
     params,
@@ -229,6 +232,10 @@ def patching_sweep(
     axis = HEAD_AXIS[short] if over == "heads" else POSITION_AXIS.get(short, 1)
     names = [f"blocks.{layer}.{point}" for layer in range(n_layers)]
 
+    cache_key = (model.config, metric, point, over, batch_size)
+    if cache_key in _SWEEPS:  # the compiled sweep is reused for the same model, metric and cells
+        return _SWEEPS[cache_key](params, clean, corrupted)
+
     @jax.jit
     def sweep(params, clean, corrupted):
         _, source = run_with_cache(model, params, clean, names)
@@ -246,4 +253,5 @@ def patching_sweep(
         cells = jnp.eye(n_layers * n, dtype=jnp.float32).reshape(n_layers * n, n_layers, n)
         return jax.lax.map(one, cells, batch_size=batch_size or n_layers * n).reshape(n_layers, n)
 
+    _SWEEPS[cache_key] = sweep
     return sweep(params, clean, corrupted)
