@@ -32,7 +32,7 @@ def load(source: str):
     from model.transformer import Transformer
 
     path = Path(source)
-    if (path / "config.json").is_file() and not (path / "run_config.json").is_file():
+    if any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         from model import hf
 
         cfg, params = hf.load(path)
