@@ -152,3 +152,19 @@ def test_vmapped_sweep_equals_loop_of_single_patches(over, point):
     np.testing.assert_allclose(table, loop, atol=1e-5)
     if over == "positions":  # patching the corrupted position's residual before layer 0 restores the clean loss
         np.testing.assert_allclose(table[0, 3], metric(model.apply({"params": params}, clean)), atol=1e-5)
+
+
+def test_replacing_the_pattern_reweights_the_values():
+    model, params, tokens = _setup()
+    plain = model.apply({"params": params}, tokens)
+    same = hooks.run_with_hooks(model, params, tokens, {"blocks.1.attn.hook_pattern": lambda p: p * 1.0})
+    np.testing.assert_allclose(same, plain, atol=1e-5)  # recomputed from an equal pattern: the same logits
+    # each query attends to itself only: the head's output is its own value
+    own = jnp.eye(CFG.max_len)
+    hk = {"blocks.1.attn.hook_pattern": lambda p: jnp.broadcast_to(own, p.shape)}
+    _, cache = hooks.run_with_cache(*hooks.unrolled(model, params), tokens, hooks=hk)
+    np.testing.assert_allclose(cache["blocks.1.attn.hook_pattern"][0, 0], own)
+    np.testing.assert_allclose(cache["blocks.1.attn.hook_z"], cache["blocks.1.attn.hook_v"], atol=1e-6)
+    assert np.abs(hooks.run_with_hooks(model, params, tokens, hk) - plain).max() > 0
+    with pytest.raises(ValueError, match="cached but not replaced"):
+        hooks.run_with_hooks(model, params, tokens, {"blocks.0.attn.hook_attn_scores": lambda s: s})
