@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from model import attention as attn
+from model import hook_points as hp
 from model.config import ModelConfig
 from model.positions import apply_rotary
 from model.sharding import with_logical_constraint as constrain
@@ -90,6 +91,7 @@ class MultiHeadAttention(nn.Module):
             k = k + self.param("key_bias", zeros, (g, dh), pdt).astype(cdt)
             vb = "value_down_bias" if value_up is not None else "value_bias"
             v = v + self.param(vb, zeros, v.shape[2:], pdt).astype(cdt)
+        q, k, v = hp.point(self, "hook_q", q), hp.point(self, "hook_k", k), hp.point(self, "hook_v", v)
         if cfg.positions == "rotary":
             q = apply_rotary(q, positions, cfg.rope_base)
             k = apply_rotary(k, positions, cfg.rope_base)
@@ -99,22 +101,29 @@ class MultiHeadAttention(nn.Module):
             k, v, mask_kwargs = self._update_cache(k, v, mask_kwargs)
 
         use_dropout = cfg.attention_dropout > 0.0 and not self.deterministic
-        implementation = "reference" if (self.sow_attention or use_dropout) else cfg.attention_impl
+        # a cached or hooked pattern (or scores) comes from the 'reference' path, the one that returns it
+        hooked = hp.active(self, "hook_pattern") or hp.active(self, "hook_attn_scores")
+        want_pattern = self.sow_attention or hooked
+        implementation = "reference" if (want_pattern or use_dropout) else cfg.attention_impl
         res = attn.attention(
             q,
             k,
             v,
             implementation=implementation,
-            return_pattern=self.sow_attention,
+            return_pattern=want_pattern,
             dropout_rate=cfg.attention_dropout if use_dropout else 0.0,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
             **mask_kwargs,
         )
+        o, pattern = res if want_pattern else (res, None)
         if self.sow_attention:
-            o, pattern = res
             self.sow("intermediates", "attention_pattern", pattern)
-        else:
-            o = res
+        if hooked:
+            hp.record(self, "hook_attn_scores", lambda: _masked_scores(q, k, mask_kwargs))
+            replaced = hp.point(self, "hook_pattern", pattern)
+            if replaced is not pattern:
+                o = attn.weighted_values(replaced, v).astype(o.dtype)
+        o = hp.point(self, "hook_z", o)
         y = attn.sum_heads(o, value_up.astype(cdt) if value_up is not None else None)
         if cfg.use_bias:
             y = y + self.param("value_up_bias", zeros, (d,), pdt).astype(cdt)
@@ -137,6 +146,13 @@ class MultiHeadAttention(nn.Module):
         return k_all, v_all, mask_kwargs
 
 
+def _masked_scores(q, k, mask_kwargs) -> jax.Array:
+    """Scores ``[B, H, Q, K]`` as the cache shows them: q.k / sqrt(Dh), masked entries -inf (TransformerLens's rule)."""
+    s = attn.attention_scores(q, k)
+    mask = attn.make_mask(q.shape[1], k.shape[1], **mask_kwargs)
+    return s if mask is None else jnp.where(mask, s, -jnp.inf)
+
+
 class MLP(nn.Module):
     """Two-layer perceptron applied at every position: D -> d_mlp -> D with GELU (``config.gelu``)."""
 
@@ -154,7 +170,10 @@ class MLP(nn.Module):
         h = attn.matmul_rows(x.astype(cdt), fc_in.astype(cdt))
         if cfg.use_bias:
             h = h + self.param("fc_in_bias", zeros, (cfg.mlp_dim,), pdt).astype(cdt)
-        h = constrain(nn.gelu(h, approximate=cfg.gelu == "tanh"), ("batch", "length", "mlp"))
+        h = hp.point(self, "hook_pre", h)
+        h = hp.point(
+            self, "hook_post", constrain(nn.gelu(h, approximate=cfg.gelu == "tanh"), ("batch", "length", "mlp"))
+        )
         y = attn.matmul_rows(h, fc_out.astype(cdt))
         if cfg.use_bias:
             y = y + self.param("fc_out_bias", zeros, (cfg.d_model,), pdt).astype(cdt)
@@ -177,10 +196,11 @@ class Block(nn.Module):
         cfg = self.config
         x = constrain(x, ("batch", "length", "act_embed"))  # the residual stream; no-op outside use_mesh
         drop = nn.Dropout(rate=cfg.dropout, deterministic=self.deterministic)
-        a = MultiHeadAttention(cfg, self.deterministic, self.decode, self.sow_attention, name="attention")(
-            make_norm(cfg, "norm_attention")(x), positions
-        )
-        x = x + drop(a)
+        x = hp.point(self, "hook_resid_pre", x)
+        h = hp.point(self, "ln1.hook_normalized", make_norm(cfg, "norm_attention")(x))
+        a = MultiHeadAttention(cfg, self.deterministic, self.decode, self.sow_attention, name="attention")(h, positions)
+        x = hp.point(self, "hook_resid_mid", x + drop(hp.point(self, "hook_attn_out", a)))
         if cfg.mlp:
-            x = x + drop(MLP(cfg, name="mlp")(make_norm(cfg, "norm_mlp")(x)))
-        return x, None
+            h = hp.point(self, "ln2.hook_normalized", make_norm(cfg, "norm_mlp")(x))
+            x = x + drop(hp.point(self, "hook_mlp_out", MLP(cfg, name="mlp")(h)))
+        return hp.point(self, "hook_resid_post", x), None

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from model import hook_points as hp
 from model.attention import matmul_rows
 from model.config import ModelConfig
 from model.layers import Block, _normal, dtype_of, make_norm
@@ -69,6 +70,7 @@ class Transformer(nn.Module):
         x = constrain(jnp.take(table, tokens, axis=0).astype(jnp.float32), ("batch", "length", "act_embed"))
         if cfg.embed_scale:  # Vaswani et al. 3.4: the embedding layers' weights times sqrt(d_model)
             x = x * jnp.float32(cfg.embed_multiplier)
+        x = hp.point(self, "hook_embed", x)
         if positions is None:
             if decode:  # the next position to fill is the number of tokens decoded so far
                 index = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
@@ -81,9 +83,15 @@ class Transformer(nn.Module):
         if cfg.positions == "learned":
             scale = cfg.embed_multiplier  # a learned table is an embedding layer too: same scale, same speed
             table = self.param("pos_embed", _normal(cfg.pos_table_std / scale), (cfg.max_len, cfg.d_model), pdt)
-            x = x + jnp.take(table, positions, axis=0).astype(jnp.float32) * jnp.float32(scale)
+            pos = jnp.take(table, positions, axis=0).astype(jnp.float32) * jnp.float32(scale)
+            x = x + hp.point(
+                self, "hook_pos_embed", jnp.broadcast_to(pos, x.shape) if hp.active(self, "hook_pos_embed") else pos
+            )
         elif cfg.positions == "sinusoidal":
-            x = x + jnp.take(jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model)), positions, axis=0)
+            pos = jnp.take(jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model)), positions, axis=0)
+            x = x + hp.point(
+                self, "hook_pos_embed", jnp.broadcast_to(pos, x.shape) if hp.active(self, "hook_pos_embed") else pos
+            )
         x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
 
         # ---- the blocks, one compiled block scanned over layers or L unrolled ones
@@ -105,7 +113,7 @@ class Transformer(nn.Module):
                 x, _ = block_cls(cfg, **block_kwargs, name=f"block_{i}")(x, positions)
 
         # ---- unembed: logits over the vocabulary, in float32
-        x = make_norm(cfg, "norm_final")(x)
+        x = hp.point(self, "ln_final.hook_normalized", make_norm(cfg, "norm_final")(x))
         if cfg.tie_embeddings:  # the unembedding is the embedding table, transposed: [D, V]
             w = embed.embedding.T
         else:
