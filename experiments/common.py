@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from train.files import read_jsonl as _read_jsonl
+
 REPORT_FILE = "report.md"
 RESULTS_FILE = "report.json"
 
@@ -80,9 +82,8 @@ def command_line(name: str, argv: Sequence[str] | None) -> str:
 
 # ---------------------------------------------------------------------------- run directories
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The complete records of a JSON-lines file; a torn last line is dropped with one warning (train/files.py)."""
+    return _read_jsonl(path)
 
 
 def eval_records(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -65,7 +65,13 @@ def resolve(args: argparse.Namespace):
                 f"{args.resume} is a {cfg.name!r} run, not {args.config!r}: drop --config or start a new run_dir"
             )
         return apply_overrides(cfg, args.overrides).replace(run_dir=args.resume)
-    return apply_overrides(get_preset(args.config or DEFAULT_PRESET), args.overrides)
+    cfg = apply_overrides(get_preset(args.config or DEFAULT_PRESET), args.overrides)
+    if args.resume is not None and cfg.run_dir is None:  # a bare --resume would otherwise start a new run
+        raise RunDirError(
+            "--resume needs the run directory to continue: python -m train --resume RUN_DIR "
+            "(or run_dir=RUN_DIR); to start a new run, drop --resume"
+        )
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

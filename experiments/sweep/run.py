@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shlex
@@ -29,6 +28,7 @@ from experiments.sweep.spec import (
     status_path,
     write_spec,
 )
+from train.files import write_json
 
 # Saved-config fields that may differ from a point's resolved config without making its run another one:
 # where it lives, its name, and the vocabulary the loop raises to fit the data.
@@ -118,7 +118,7 @@ def run_point(
         status["error"] = (
             f"timed out after {timeout} s" if code == "timeout" else _last_error(log_path.read_text(errors="replace"))
         )
-    status_path(out, point).write_text(json.dumps(status, indent=1) + "\n")
+    write_json(status_path(out, point), status)
     return result_row(sweep, point, out)
 
 
@@ -169,7 +169,7 @@ def run_sweep(
         if p.id in bad:
             (out / "logs").mkdir(parents=True, exist_ok=True)
             status = {"status": "failed", "returncode": 2, "seconds": 0.0, "error": f"error: {bad[p.id]}"}
-            status_path(out, p).write_text(json.dumps(status, indent=1) + "\n")
+            write_json(status_path(out, p), status)
             log(f"{p.id}: FAILED (config): {bad[p.id]}")
     todo = [p for p in todo if p.id not in bad]
     skipped = sum(1 for p in points if is_finished(run_dir_of(out, p)))
