@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from train.files import read_jsonl as _read_jsonl
+from train.files import write_atomic
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "report.json"
@@ -243,10 +244,10 @@ class Report:
     def write(self, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         path = out / REPORT_FILE
-        path.write_text(self.render())
+        write_atomic(path, self.render())
         results = {"title": self.title, "command": self.command, "claims": [asdict(c) for c in self.claims]}
         results.update(self.data)
-        (out / RESULTS_FILE).write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+        write_atomic(out / RESULTS_FILE, json.dumps(results, indent=1, default=_json_default) + "\n")
         return path
 
 
