@@ -216,11 +216,11 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
 def _check_restart(run: _Run, listing: list[str] | None, log: Callable[[str], None]) -> None:
     """A resumed run without a checkpoint restarts from step 0 only if it stopped before its first save could commit.
 
-    ``listing``: what checkpoints/ held before Orbax cleaned it (None: no such directory). The step-k
-    record is logged before the save of step k starts, and a save waits for the one before it, so a run
-    killed before its first checkpoint committed logged at most checkpoint_every steps, or at most
-    2 * checkpoint_every with that save's tmp directory left behind. More than that with no checkpoint
-    means checkpoints/ was deleted or emptied: retraining from step 0 over its metrics is refused.
+    ``listing``: what checkpoints/ held (None: no such directory; Checkpointer creates it before the first
+    record is logged). The step-k record is logged before the save of step k starts, and an asynchronous
+    save waits for the one before it, so a run killed before its first checkpoint committed logged at
+    most 2 * checkpoint_every steps. More than that with no checkpoint, or no checkpoints/ at all, means
+    it was deleted or emptied: retraining from step 0 over the run's metrics is refused.
     """
     ce = run.cfg.train.checkpoint_every
     trained = max(
@@ -229,8 +229,7 @@ def _check_restart(run: _Run, listing: list[str] | None, log: Callable[[str], No
     if trained == 0:
         return
     where = run.run_dir / CHECKPOINT_DIR
-    pending = listing is not None and any("orbax-checkpoint-tmp" in name for name in listing)
-    if listing is None or trained > (2 if pending else 1) * ce:
+    if listing is None or trained > 2 * ce:
         found = "is missing" if listing is None else "holds no checkpoint"
         raise RunDirError(
             f"{where} {found} but {run.metrics_log.path} shows training up to step {trained}: resuming would retrain "
