@@ -158,15 +158,17 @@ SWEEP = [
     "--config",
     "induction",
     "--set",
-    "train.steps=600",
+    "train.steps=300",
     "--set",
-    "train.eval_every=200",
+    "train.eval_every=100",
     "--set",
     "train.eval_batches=2",
     "--set",
-    "train.log_every=10",
+    # a run stopped by a signal logs its stop step; with every step logged that record is one an
+    # uninterrupted run has too, so the curves compare bit for bit
+    "train.log_every=1",
     "--set",
-    "train.checkpoint_every=100",
+    "train.checkpoint_every=50",
     "--grid",
     "train.seed=0,1",
     "--workers",
@@ -209,15 +211,17 @@ def interrupt_and_rerun(tmp_path: Path, sig: signal.Signals, reference: dict) ->
         sweep_cmd(*SWEEP, "--out", str(out)), env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     # both points past their first checkpoint, neither finished
-    wait_for(lambda: all(logged_step(out / "runs" / p) >= 110 for p in POINTS), "both points at step 110", proc=runner)
+    wait_for(lambda: all(logged_step(out / "runs" / p) >= 60 for p in POINTS), "both points at step 60", proc=runner)
     assert not any((out / "runs" / p / "summary.json").exists() for p in POINTS), "a point finished before the kill"
     assert len(training_processes(out)) == 2
     runner.send_signal(sig)
     runner.communicate(timeout=60)
     t0 = time.monotonic()
-    wait_for(lambda: not training_processes(out), "the training processes to exit", timeout=30)
+    # each finishes its step, saves a checkpoint and exits: ~1-2 s on an idle machine, 10-15 s measured
+    # with a load average of 20 on 2 cores (other sessions' tests), hence the generous bound
+    wait_for(lambda: not training_processes(out), "the training processes to exit", timeout=60)
     gone_after = time.monotonic() - t0
-    assert gone_after < 10, gone_after
+    assert gone_after < 45, gone_after
     logs = {p: (out / "logs" / f"{p}.log").read_text() for p in POINTS}
 
     rerun = subprocess.run(
