@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from train.files import read_jsonl as _read_jsonl
+from train.files import write_atomic
+
 REPORT_FILE = "report.md"
 RESULTS_FILE = "report.json"
 
@@ -97,9 +100,8 @@ def command_line(name: str, argv: Sequence[str] | None) -> str:
 
 # ---------------------------------------------------------------------------- run directories
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The complete records of a JSON-lines file; a torn last line is dropped with one warning (train/files.py)."""
+    return _read_jsonl(path)
 
 
 def eval_records(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -264,10 +266,10 @@ class Report:
     def write(self, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         path = out / REPORT_FILE
-        path.write_text(self.render())
+        write_atomic(path, self.render())
         results = {"title": self.title, "command": self.command, "claims": [asdict(c) for c in self.claims]}
         results.update(self.data)
-        (out / RESULTS_FILE).write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+        write_atomic(out / RESULTS_FILE, json.dumps(results, indent=1, default=_json_default) + "\n")
         return path
 
 

@@ -73,6 +73,20 @@ def _broken_json(tmp: Path) -> None:
     (tmp / "broken" / "config.json").write_text('{"name": "induction", ')
 
 
+def _no_checkpoints(tmp: Path) -> None:
+    shutil.copytree(tmp / "run", tmp / "nockpt")
+    shutil.rmtree(tmp / "nockpt" / "checkpoints")
+
+
+_HELD: list = []  # locks held for the rest of the session (flock conflicts between two opens in one process too)
+
+
+def _held_run_dir(tmp: Path) -> None:
+    from train.lock import DirLock
+
+    _HELD.append(DirLock(tmp / "busy"))
+
+
 CASES = [
     Case("unknown-preset", "unknown preset", "train", ("--config", "nope"), "unknown config 'nope'"),
     Case("unknown-key", "misspelt override key", "train", ("model.n_layerz=2",), "n_layerz"),
@@ -266,6 +280,33 @@ CASES = [
         ("{run}", "--prompt", "1 2", "--temperature", "-1"),
         "temperature",
     ),
+    # issue 16: names that are paths, resumes that would start over, a run directory in use
+    Case("name-is-a-path", "name that is a path", "train", ("name=../../tmp/escape",), "a name is not a path"),
+    Case("resume-no-dir", "--resume with no run directory", "train", ("--resume",), "--resume needs the run directory"),
+    Case(
+        "resume-empty-dir",
+        "--resume of an empty directory",
+        "train",
+        ("run_dir={tmp}/empty", "--resume"),
+        "nothing to resume",
+        lambda tmp: (tmp / "empty").mkdir(),
+    ),
+    Case(
+        "resume-no-checkpoints",
+        "--resume of a run whose checkpoints/ was deleted",
+        "train",
+        ("--resume", "{tmp}/nockpt"),
+        "checkpoints is missing",
+        _no_checkpoints,
+    ),
+    Case(
+        "run-dir-in-use",
+        "run_dir held by another live process",
+        "train",
+        ("run_dir={tmp}/busy",),
+        "in use by process",
+        _held_run_dir,
+    ),
 ]
 
 
@@ -359,7 +400,7 @@ def needs_runs(c: Case) -> bool:
     """Cases that need the trained runs (their fixture trains three tiny runs: slow on a loaded 2-core box)."""
     return (
         any("{run}" in a or "{text_run}" in a for a in c.argv)
-        or c.setup in (_foreign_checkpoints, _broken_json)
+        or c.setup in (_foreign_checkpoints, _broken_json, _no_checkpoints)
         or (c.setup is not None and c.setup.__qualname__.startswith("_copy_run_with_config"))
     )
 

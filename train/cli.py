@@ -15,6 +15,8 @@ value, data file or run directory prints one line ``error: ...`` and exits with 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from model.host import configure_xla, tune_host
@@ -65,10 +67,42 @@ def resolve(args: argparse.Namespace):
                 f"{args.resume} is a {cfg.name!r} run, not {args.config!r}: drop --config or start a new run_dir"
             )
         return apply_overrides(cfg, args.overrides).replace(run_dir=args.resume)
-    return apply_overrides(get_preset(args.config or DEFAULT_PRESET), args.overrides)
+    cfg = apply_overrides(get_preset(args.config or DEFAULT_PRESET), args.overrides)
+    if args.resume is not None and cfg.run_dir is None:  # a bare --resume would otherwise start a new run
+        raise RunDirError(
+            "--resume needs the run directory to continue: python -m train --resume RUN_DIR "
+            "(or run_dir=RUN_DIR); to start a new run, drop --resume"
+        )
+    return cfg
+
+
+# Set by a launcher (the sweep runner, experiments/sweep/run.py) to its PID: this process then gets SIGTERM
+# when the launcher dies, however it dies (SIGKILL and the OOM killer included), and saves a checkpoint.
+PARENT_ENV = "ATTENTION_LAB_PARENT_PID"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """SIGTERM to this process when its parent dies (Linux prctl PR_SET_PDEATHSIG), if PARENT_ENV asks for it.
+
+    Set here, after exec (PDEATHSIG survives exec, but a preexec_fn is unsafe in the sweep's threads).
+    If the parent died before the prctl took effect (it is already gone), act as if signalled at once.
+    The kernel sends it when the parent *thread* that started this process ends: the sweep's worker
+    threads wait on their process, so they outlive it unless the whole runner dies.
+    """
+    parent = os.environ.pop(PARENT_ENV, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if str(os.getppid()) != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     tune_host()
     args = build_parser().parse_args(argv)
     if args.list:

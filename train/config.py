@@ -164,6 +164,11 @@ class RunConfig:
                 )
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"name={self.name!r}: must be a non-empty string")
+        if any(c in self.name for c in "/\\\0") or ".." in self.name or self.name.startswith("."):
+            raise ConfigError(  # it names runs/<name>-<time>: a path in it would write outside runs/
+                f"name={self.name!r}: a name is not a path (no '/', '\\', '..' or leading '.'); "
+                f"choose where the run goes with run_dir=..."
+            )
         if self.run_dir is not None and (not isinstance(self.run_dir, str) or not self.run_dir):
             raise ConfigError(f"run_dir={self.run_dir!r}: must be a path (or none for runs/<name>-<time>)")
         if self.goal is not None:

@@ -22,8 +22,15 @@ and the checkpoint holds the whole TrainState, so a run stopped at step k and re
 metrics, bit for bit on CPU, as one never stopped. SIGINT and SIGTERM finish the current step, save
 a checkpoint and return (exit codes 130 / 143 from the command line).
 
-The hot loop syncs device -> host only every ``train.log_every`` steps; the next batch is built and
-put on the device while the current step runs (dispatch is asynchronous); the state is donated.
+The hot loop reads the metrics device -> host only every ``train.log_every`` steps; the next batch is
+built and put on the device while the current step runs (dispatch is asynchronous); the state is donated.
+NaN/Inf steps are counted on the device (``_nonfinite_counter``, fused after each step); the host reads
+that counter one step behind (after step s+1 is dispatched, the count of step s, which is done by then
+or nearly: the device always has the next step queued), so a streak of ``train.max_nonfinite`` bad
+steps ending at step h stops the run at step h+1 at the latest (at h itself when h is a log or
+checkpoint step), before anything of step h+1 is logged or saved. The count (streak and total) is
+saved in each checkpoint's meta and restored on resume, so ``nonfinite_steps`` continues as if the run
+had never stopped.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from model.transformer import attention_patterns
 from train.checkpoint import Checkpointer
 from train.config import CONFIG_FILE, ConfigError, RunConfig, RunDirError, SetupError, goal_met, load_run_config
 from train.distributed import sharding_plan
+from train.files import read_jsonl, write_atomic
 from train.memory import check as memory_check
 from train.report import METRICS_FILE, MetricsLog, NoLog, join_labels, plot_attention, plot_losses, write_summary
 from train.rundir import SETUP_MARKER, discard_unstarted, prepare
@@ -111,9 +119,9 @@ class NonFiniteError(SetupError):
 def _nonfinite_counter(limit: int) -> Callable:
     """Jitted ``(counts, flag, step) -> counts`` over int32 [streak, total, hit] kept on the device (no host sync).
 
-    ``streak``: bad steps in a row; ``total``: bad steps since the run (re)started; ``hit``: the first
-    step at which the streak reached ``limit`` (-1 until then), so a streak is caught even if good
-    steps follow it before the next log (the only host sync).
+    ``streak``: bad steps in a row; ``total``: bad steps since the run started (restored on resume from the
+    checkpoint's meta); ``hit``: the first step at which the streak reached ``limit`` (-1 until then), so
+    a streak is caught even if good steps follow it before the host reads the counter.
     """
 
     @jax.jit
@@ -215,12 +223,15 @@ class _Run:
 
 def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
     """Phase 1: run directory, data, config, mesh; errors here are the user's (one line each, as SetupError)."""
+    writer = jax.process_index() == 0  # only process 0 writes the run directory's files (Orbax coordinates itself)
     try:
-        cfg, run_dir, ds, resuming = prepare(cfg, resume=resume, log=log)
+        cfg, run_dir, ds, resuming, lock = prepare(cfg, resume=resume, log=log, lock=writer)
     except SetupError:
         raise
     except (ValueError, OSError) as e:  # ConfigError, the data's one-line ValueErrors, unreadable files
         raise SetupError(str(e)) from None
+    if lock is not None:  # held until the run returns; the kernel releases it if the process dies
+        scope.callback(lock.release)
     memory_check(cfg)  # from shapes, before anything is written, allocated or compiled (train/memory.py)
     plan = None
     if state_sharding is None and batch_sharding is None:
@@ -235,14 +246,13 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
     else:
         target = batch_sharding if batch_sharding is not None else jax.devices()[0]
         put = functools.partial(jax.device_put, device=target)
-    writer = jax.process_index() == 0  # only process 0 writes the run directory's files (Orbax coordinates itself)
     created = not run_dir.exists()
     try:  # a read-only or full disk fails here, before any compiling or training
         run_dir.mkdir(parents=True, exist_ok=True)
         if writer and not resuming:
             (run_dir / SETUP_MARKER).write_text("set up, no step done yet: the same command starts it afresh\n")
         if writer:
-            (run_dir / CONFIG_FILE).write_text(cfg.to_json() + "\n")
+            write_atomic(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
             ds.save_vocab(run_dir)
     except OSError as e:
         raise RunDirError(
@@ -252,19 +262,47 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
     return _Run(cfg, run_dir, ds, resuming, state_sharding, batch_sharding, put, metrics_log, created)
 
 
-def _restore_or_init(run: _Run, steps, ckpt: Checkpointer, log: Callable[[str], None]):
+def _check_restart(run: _Run, listing: list[str] | None, log: Callable[[str], None]) -> None:
+    """A resumed run without a checkpoint restarts from step 0 only if it stopped before its first save could commit.
+
+    ``listing``: what checkpoints/ held (None: no such directory; Checkpointer creates it before the first
+    record is logged). The step-k record is logged before the save of step k starts, and an asynchronous
+    save waits for the one before it, so a run killed before its first checkpoint committed logged at
+    most 2 * checkpoint_every steps. More than that with no checkpoint, or no checkpoints/ at all, means
+    it was deleted or emptied: retraining from step 0 over the run's metrics is refused.
+    """
+    ce = run.cfg.train.checkpoint_every
+    trained = max(
+        (r.get("step", 0) for r in read_jsonl(run.metrics_log.path, warn=None) if r.get("kind") == "train"), default=0
+    )
+    if trained == 0:
+        return
+    where = run.run_dir / CHECKPOINT_DIR
+    if listing is None or trained > 2 * ce:
+        found = "is missing" if listing is None else "holds no checkpoint"
+        raise RunDirError(
+            f"{where} {found} but {run.metrics_log.path} shows training up to step {trained}: resuming would retrain "
+            f"from step 0 over it; to start over deliberately, delete {run.run_dir} or train into a new run_dir"
+        )
+    log(f"no checkpoint was committed in {where} before the run stopped (at step {trained}): training from step 0")
+
+
+def _restore_or_init(run: _Run, steps, ckpt: Checkpointer, log: Callable[[str], None], listing: list[str] | None):
     """Phase 2: (state, start step): restored from the newest readable checkpoint, or initialised under jit."""
     start = ckpt.latest_step() if run.resuming else None
     if start is None:
+        if run.resuming:
+            _check_restart(run, listing, log)
         run.metrics_log.truncate_after(-1)
-        return steps.init(), 0
+        return steps.init(), 0, (0, 0)
     state, meta = ckpt.restore(steps.abstract_state(), warn=log)  # skips a corrupted newest checkpoint
     start = int(meta["step"])
     if int(state.step) != start or meta["data_position"] != start:
         raise RunDirError(f"checkpoint {start} in {ckpt.directory} is inconsistent (step {int(state.step)})")
     run.metrics_log.truncate_after(start)
     log(f"resuming {run.run_dir} from step {start}")
-    return state, start
+    streak, total = meta.get("nonfinite", (0, 0))  # checkpoints written before it was saved: none counted
+    return state, start, (int(streak), int(total))
 
 
 @dataclasses.dataclass
@@ -279,7 +317,7 @@ class _Loop:
     compile_s: float
 
 
-def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, *, progress, stop_after, signals):
+def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *, progress, stop_after, signals):
     """Phase 3: train from ``start`` to ``train.steps`` (or a signal, or ``stop_after``), logging, evaluating, saving."""
     from tqdm import tqdm
 
@@ -300,11 +338,28 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, *, progre
     batch = put(ds.batch("train", step, tc.batch_size, seq_len)) if step < tc.steps else None
     window_steps, window_t = 0, time.perf_counter()
     count_nonfinite = _nonfinite_counter(tc.max_nonfinite)
-    nonfinite = jnp.asarray([0, 0, -1], jnp.int32)  # [streak, total, hit step]: see _nonfinite_counter
+    nonfinite = jnp.asarray([*counts, -1], jnp.int32)  # [streak, total, hit step]: see _nonfinite_counter
+
+    def check(c: list[int], step: int) -> None:
+        """Stop (no save) once the streak hit the limit; refused updates never reached the params."""
+        if c[2] >= 0:
+            bar.close()
+            ckpt.close()
+            good = ckpt.latest_step()
+            hit = c[2]
+            raise NonFiniteError(
+                f"non-finite loss or gradients in train.max_nonfinite={tc.max_nonfinite} steps in a row "
+                f"(steps {hit - tc.max_nonfinite + 1}..{hit}; {c[1]} refused updates up to step {hit}): "
+                f"stopped at step {step}; the last good checkpoint is step {good}; "
+                f"lower train.lr or check the data, then resume"
+            )
+
     while step < tc.steps:
         first = step == start
         state, metrics = train_step(state, batch)
         step += 1
+        if not first:  # the count after step-1, read while this step runs (the device is never left idle)
+            check(jax.device_get(nonfinite).tolist(), step)
         nonfinite = count_nonfinite(nonfinite, metrics["nonfinite"], step)
         if step < tc.steps:  # build and send the next batch while this step runs
             batch = put(ds.batch("train", step, tc.batch_size, seq_len))
@@ -319,7 +374,8 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, *, progre
         bar.update(1)
         stopping = (signals.received is not None or step == stop_after) and step < tc.steps
         if step % tc.log_every == 0 or step == tc.steps or stopping:
-            m, (_, n_bad, hit) = _floats(metrics), jax.device_get(nonfinite).tolist()  # the hot loop's one sync
+            counted = jax.device_get(nonfinite).tolist()
+            m, n_bad = _floats(metrics), counted[1]  # the metrics' one sync
             m.pop("nonfinite")
             now = time.perf_counter()
             rec = {"step": step, "kind": "train", **m, "nonfinite_steps": n_bad}
@@ -330,22 +386,16 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, *, progre
                 bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
             metrics_log.write(rec)
             window_steps, window_t = 0, now
-            if hit >= 0:  # stop, no save; refused updates never reached the params: every checkpoint is good
-                bar.close()
-                ckpt.close()
-                good = ckpt.latest_step()
-                raise NonFiniteError(
-                    f"non-finite loss or gradients in train.max_nonfinite={tc.max_nonfinite} steps in a row "
-                    f"(steps {hit - tc.max_nonfinite + 1}..{hit}; {n_bad} refused updates up to step {step}): "
-                    f"stopped at step {step}; the last good checkpoint is step {good}; "
-                    f"lower train.lr or check the data, then resume"
-                )
+            check(counted, step)
         if step % tc.eval_every == 0 or step == tc.steps:
             final = evaluate(eval_step, state.params, ds, cfg, put)
             metrics_log.write({"step": step, "kind": "eval", **final})
             bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
         if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
-            ckpt.save(state, {"step": step, "data_position": step, "config": cfg.to_dict()})
+            counted = jax.device_get(nonfinite).tolist()
+            check(counted, step)  # never save at (or after) the step a streak hit the limit
+            meta = {"step": step, "data_position": step, "nonfinite": counted[:2], "config": cfg.to_dict()}
+            ckpt.save(state, meta)
         if step % tc.eval_every == 0 or step % tc.checkpoint_every == 0:
             window_steps, window_t = 0, time.perf_counter()  # evaluation and saving are not step time
         if stopping:
@@ -432,14 +482,18 @@ def _train(
         steps = build_steps(
             run.cfg.model, tc, run.cfg.seq_len, state_sharding=run.state_sharding, batch_sharding=run.batch_sharding
         )
+        where = run.run_dir / CHECKPOINT_DIR
+        listing = sorted(p.name for p in where.iterdir()) if where.is_dir() else None  # before Orbax tidies it
+        if run.resuming and listing is None:  # refused before Checkpointer creates an empty checkpoints/
+            _check_restart(run, listing, log)
         ckpt = Checkpointer(run.run_dir / CHECKPOINT_DIR, keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
-        state, start = _restore_or_init(run, steps, ckpt, log)
+        state, start, counts = _restore_or_init(run, steps, ckpt, log, listing)
     except BaseException:  # e.g. out of memory while initialising: a fresh run leaves no half-made directory
         if not run.resuming and jax.process_index() == 0:
             discard_unstarted(run.run_dir, run.created)
         raise
     t_start = time.perf_counter()
-    done = _hot_loop(run, steps, ckpt, state, start, progress=progress, stop_after=stop_after, signals=signals)
+    done = _hot_loop(run, steps, ckpt, state, start, counts, progress=progress, stop_after=stop_after, signals=signals)
     return _report(run, steps, done, t_start, plots)
 
 

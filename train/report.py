@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from train.files import _warn, parse_jsonl, read_jsonl, write_atomic, write_json
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -24,26 +27,41 @@ TICK_LIMIT = 48  # plot_attention(ticks=True) labels the axes with the tokens up
 
 # ====================================================================== metrics log
 class MetricsLog:
-    """metrics.jsonl: appends one JSON line per record and flushes it (a killed run keeps what it logged)."""
+    """metrics.jsonl: appends one JSON line per record and flushes it (a killed run keeps what it logged).
 
-    def __init__(self, path: Path):
+    A run killed mid-write leaves a torn last line: reading keeps the complete records and ``warn`` says
+    in one line what was dropped; :meth:`truncate_after` (called when a run starts or resumes) rewrites
+    the file atomically without it, so the next record starts on a line of its own.
+    """
+
+    def __init__(self, path: Path, warn: Callable[[str], None] = _warn):
         self.path = path
+        self.warn = warn
 
     def truncate_after(self, step: int) -> None:
         """Drop records with step > ``step`` (logged after the checkpoint a run resumes from); step < 0 drops all."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        text = self.path.read_text(errors="replace")
+        lines = [line for line in text.splitlines() if line.strip()]
+        records = [parse_jsonl(line, self.path, None) for line in lines]  # [] for a torn line
+        if any(not r for r in records):
+            parse_jsonl(text, self.path, self.warn)  # one line saying what is dropped
+        keep = [
+            line
+            for line, r in zip(lines, records, strict=True)
+            if r and isinstance(r[0], dict) and r[0].get("step", 0) <= step
+        ]
+        new = "".join(line + "\n" for line in keep)
+        if new != text:
+            write_atomic(self.path, new)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return read_jsonl(self.path, self.warn)
 
 
 class NoLog(MetricsLog):
@@ -60,15 +78,13 @@ class NoLog(MetricsLog):
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``run_dir/metrics.jsonl`` in the order they were written."""
+    """The complete records of ``run_dir/metrics.jsonl`` in the order they were written (a torn tail dropped)."""
     return MetricsLog(Path(run_dir) / METRICS_FILE).read()
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    """summary.json: final metrics, the success criterion, timings."""
-    path = run_dir / SUMMARY_FILE
-    path.write_text(json.dumps(summary, indent=1) + "\n")
-    return path
+    """summary.json (written atomically): final metrics, the success criterion, timings."""
+    return write_json(run_dir / SUMMARY_FILE, summary)
 
 
 # ====================================================================== plots

@@ -4,12 +4,14 @@ resuming, compared with the saved one). ``train/loop.py`` calls :func:`prepare` 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from train.config import CONFIG_FILE, RunConfig, RunDirError, load_run_config
 from train.data import build_dataset, load_dataset_for_run
+from train.lock import LOCK_FILE, DirLock
 
 # Fields that may differ between a run's saved config and the one it is resumed with: they change
 # when or how much is evaluated, logged, saved or trained, not the trajectory of steps already taken.
@@ -77,24 +79,59 @@ def _check_resumable(saved: RunConfig, cfg: RunConfig, run_dir: Path) -> None:
             )
 
 
-def prepare(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print):
-    """Check the run directory and build the data; returns (resolved cfg, run_dir, dataset, resuming).
+def _entries(run_dir: Path) -> list[Path]:
+    """What a directory holds besides the lock file (a run that was refused or never started leaves only that)."""
+    return [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.is_dir() else []
 
-    Raises RunDirError / ConfigError / ValueError (one line each) before anything is written.
+
+def prepare(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print, lock: bool = False):
+    """Check the run directory and build the data; returns (resolved cfg, run_dir, dataset, resuming, lock).
+
+    ``lock``: take the run directory's lock (train/lock.py: one writer per run directory) before looking
+    inside it; a second process gets LockedError naming the PID that holds it. The lock (a DirLock, or
+    None) is returned held; on an error it is released and whatever the lock created is removed again.
+    Raises RunDirError / ConfigError / ValueError (one line each) before anything else is written.
     """
     run_dir = Path(cfg.run_dir if cfg.run_dir is not None else cfg.default_run_dir())
-    exists = run_dir.is_dir() and any(run_dir.iterdir())  # a file in the way is reported below
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run_dir={str(run_dir)!r} is a file, not a directory: choose another run_dir")
+    if resume and not _entries(run_dir):
+        found = "is empty" if run_dir.is_dir() else "does not exist"
+        raise RunDirError(
+            f"--resume {run_dir}: nothing to resume, the directory {found}; to start a new run there, "
+            f"drop --resume (python -m train --config {cfg.name} run_dir={run_dir})"
+        )
+    created_dir, created_lock = not run_dir.exists(), not (run_dir / LOCK_FILE).exists()
+    try:
+        held = DirLock(run_dir) if lock else None
+    except OSError as e:  # a read-only or full disk, a parent that is a file ...
+        raise RunDirError(
+            f"cannot write the run directory {run_dir} ({e.strerror or e}): choose another run_dir"
+        ) from None
+    try:
+        return (*_prepare(cfg, run_dir, resume, log), held)
+    except BaseException:
+        if held is not None:  # leave the directory as it was found
+            held.release()
+            with contextlib.suppress(OSError):
+                if created_lock:
+                    (run_dir / LOCK_FILE).unlink()
+                if created_dir:
+                    run_dir.rmdir()
+        raise
+
+
+def _prepare(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None]):
+    exists = bool(_entries(run_dir))
     if exists and not resume and (run_dir / SETUP_MARKER).is_file():  # killed before its first step was done
         log(f"{run_dir} was set up but never finished a step (killed during set-up or compiling): starting afresh")
         discard_unstarted(run_dir, created=False)
-        exists = any(run_dir.iterdir())
+        exists = bool(_entries(run_dir))
     if exists and not resume:
         raise RunDirError(
             f"run directory {run_dir} already exists and is not empty: pass --resume to continue it, "
             f"or choose a new run_dir=..."
         )
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"run_dir={str(run_dir)!r} is a file, not a directory: choose another run_dir")
     cfg = cfg.replace(run_dir=str(run_dir))
     resuming = exists and (run_dir / CONFIG_FILE).is_file()
     if exists and not resuming:

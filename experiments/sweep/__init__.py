@@ -21,6 +21,15 @@ points are skipped, a run directory with a checkpoint but no summary is continue
 error line) and the other points go on; the next invocation retries it. Final metrics are read from
 each run's ``metrics.jsonl`` (its last evaluation record).
 
+Dying together: each training process asks the kernel for SIGTERM when the runner dies (Linux
+``prctl(PR_SET_PDEATHSIG)``, set by ``python -m train`` itself when the runner's PID is in its
+environment, see train/cli.py), so however the runner ends (SIGTERM, Ctrl-C, SIGKILL, the OOM
+killer) its runs finish their step, save a checkpoint and exit; no exit handler of the runner could
+cover SIGKILL. A rerun that finds a point's run directory still locked by such a process (train/lock.py)
+waits for it (up to ``LOCK_WAIT`` s, then leaves the point pending with one line), and one sweep
+process works in OUT at a time (OUT/.lock; the array tasks of ``--point`` share it). The sweep's own
+files are written atomically and read past a torn tail (train/files.py).
+
 Outputs in OUT: ``sweep.json`` (the spec), ``results.jsonl`` and ``results.csv`` (one row per point),
 ``results.md`` (a markdown table), ``curves.png`` (validation loss against step, every point) and
 ``final.png`` (the final metric against the first axis).

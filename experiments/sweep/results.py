@@ -13,6 +13,7 @@ from typing import Any
 
 from experiments.common import eval_records, markdown_table, pyplot
 from experiments.sweep.spec import SPEC_FILE, Point, Sweep, is_finished, run_dir_of, short_names, status_path
+from train.files import read_json, write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRIC_COLUMNS = ("train_loss", "val_loss", "val_accuracy")
@@ -23,10 +24,11 @@ def result_row(sweep: Sweep, point: Point, out: Path) -> dict[str, Any]:
     run_dir = run_dir_of(out, point)
     row: dict[str, Any] = {"id": point.id, "index": point.index, **point.values, "run_dir": str(run_dir)}
     status_file = status_path(out, point)
-    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    if is_finished(run_dir):
-        last = eval_records(run_dir)[-1]
-        summary = json.loads((run_dir / "summary.json").read_text())
+    status = read_json(status_file) or {}
+    evals = eval_records(run_dir) if is_finished(run_dir) else []
+    if evals:
+        last = evals[-1]
+        summary = read_json(run_dir / "summary.json") or {}
         row.update(status="ok", step=last["step"])
         row.update({k: last.get(k) for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")})
         stats = summary.get("stats", {})
@@ -53,14 +55,14 @@ def write_outputs(sweep: Sweep, out: str | Path, metric: str = "val_loss") -> li
     """results.jsonl, results.csv, results.md, curves.png and final.png from the run directories; returns the rows."""
     out = Path(out)
     rows = collect(sweep, out)
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    (out / "results.csv").write_text(buf.getvalue())
-    (out / "results.md").write_text(results_markdown(sweep, rows) + "\n")
+    write_atomic(out / "results.csv", buf.getvalue())
+    write_atomic(out / "results.md", results_markdown(sweep, rows) + "\n")
     if any(r["status"] == "ok" for r in rows):
         plot_curves(sweep, out, rows, out / "curves.png", metric)
         plot_final(sweep, rows, out / "final.png", metric)

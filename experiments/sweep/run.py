@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shlex
@@ -29,6 +28,12 @@ from experiments.sweep.spec import (
     status_path,
     write_spec,
 )
+from train.cli import PARENT_ENV
+from train.files import write_json
+from train.lock import DirLock, LockedError, holder
+
+# Seconds a point waits for its run directory held by another process (a run of a killed sweep saving).
+LOCK_WAIT = 120.0
 
 # Saved-config fields that may differ from a point's resolved config without making its run another one:
 # where it lives, its name, and the vocabulary the loop raises to fit the data.
@@ -85,12 +90,44 @@ def _last_error(text: str) -> str:
     return lines[-1][:500] if lines else "(no output)"
 
 
+def _wait_until_free(run_dir: Path, point: Point, wait: float, log: Callable[[str], None]) -> bool:
+    """True once no live process holds ``run_dir``'s lock (train/lock.py), False if one still does after ``wait`` s.
+
+    A training process of a sweep that was killed gets SIGTERM with it, then saves a checkpoint and
+    exits: a rerun started meanwhile waits for that instead of failing the point or writing beside it.
+    """
+    pid = holder(run_dir)
+    if pid is None:
+        return True
+    log(f"{point.id}: its run directory is in use by process {pid} (still saving?): waiting up to {wait:g} s")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if holder(run_dir) is None:
+            log(f"{point.id}: process {pid} released its run directory; going on")
+            return True
+    log(f"{point.id}: skipped: {run_dir} is still in use by process {pid}; rerun the sweep once it has finished")
+    return False
+
+
 def run_point(
-    sweep: Sweep, point: Point, out: Path, *, runner: str = "subprocess", timeout: float | None = None
+    sweep: Sweep,
+    point: Point,
+    out: Path,
+    *,
+    runner: str = "subprocess",
+    timeout: float | None = None,
+    lock_wait: float = LOCK_WAIT,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train one point (skipped when finished) and return its result row; never raises for a failed run."""
+    """Train one point (skipped when finished) and return its result row; never raises for a failed run.
+
+    A run directory held by a live process is waited for (``lock_wait`` seconds), then left pending.
+    """
     run_dir = run_dir_of(out, point)
     if is_finished(run_dir):
+        return result_row(sweep, point, out)
+    if not _wait_until_free(run_dir, point, lock_wait, log) or is_finished(run_dir):
         return result_row(sweep, point, out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     log_path = out / "logs" / f"{point.id}.log"
@@ -99,11 +136,14 @@ def run_point(
     if runner == "subprocess":
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        env[PARENT_ENV] = str(os.getpid())  # the run gets SIGTERM (and checkpoints) if this process dies
         try:
-            with open(log_path, "w") as log:
-                log.write("$ " + shlex.join(cmd) + "\n")
-                log.flush()
-                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, env=env, check=False)
+            with open(log_path, "w") as log_file:
+                log_file.write("$ " + shlex.join(cmd) + "\n")
+                log_file.flush()
+                proc = subprocess.run(
+                    cmd, stdout=log_file, stderr=subprocess.STDOUT, timeout=timeout, env=env, check=False
+                )
             code = proc.returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
@@ -118,7 +158,7 @@ def run_point(
         status["error"] = (
             f"timed out after {timeout} s" if code == "timeout" else _last_error(log_path.read_text(errors="replace"))
         )
-    status_path(out, point).write_text(json.dumps(status, indent=1) + "\n")
+    write_json(status_path(out, point), status)
     return result_row(sweep, point, out)
 
 
@@ -153,14 +193,23 @@ def run_sweep(
     out = Path(out)
     if workers < 1:
         raise SweepError(f"workers={workers}: must be >= 1")
-    points = sweep.points()
     # every point's config resolves before anything is created or trained: a bad grid value is named now,
     # not after the good points have trained
-    bad = config_errors(sweep, [p for p in points if only is None or p.index in only])
+    bad = config_errors(sweep, [p for p in sweep.points() if only is None or p.index in only])
     if bad:
         pid, why = next(iter(bad.items()))
         more = f" (and {len(bad) - 1} more point(s))" if len(bad) > 1 else ""
         raise SweepError(f"point {pid}: {why}{more}; nothing was trained")
+    try:  # one sweep process per OUT; the tasks of an array job (``only``) share it
+        lock = DirLock(out, shared=only is not None, what="sweep directory")
+    except LockedError as e:
+        raise SweepError(str(e)) from None
+    with lock:
+        return _run_sweep(sweep, out, workers=workers, runner=runner, timeout=timeout, only=only, log=log)
+
+
+def _run_sweep(sweep, out, *, workers, runner, timeout, only, log) -> list[dict[str, Any]]:
+    points = sweep.points()
     out.mkdir(parents=True, exist_ok=True)
     stale = stale_points(sweep, out, [p for p in points if only is None or p.index in only])
     if stale:
@@ -178,10 +227,13 @@ def run_sweep(
     done = [0]
 
     def one(p: Point) -> dict[str, Any]:
-        row = run_point(sweep, p, out, runner=runner, timeout=timeout)
+        row = run_point(sweep, p, out, runner=runner, timeout=timeout, log=log)
         with lock:
             done[0] += 1
-            msg = f"val_loss {fmt(row.get('val_loss'))}" if row["status"] == "ok" else f"FAILED: {row.get('error')}"
+            if row["status"] == "ok":
+                msg = f"val_loss {fmt(row.get('val_loss'))}"
+            else:
+                msg = f"FAILED: {row.get('error')}" if row["status"] == "failed" else row["status"]
             log(f"[{done[0]}/{len(todo)}] {p.id}: {msg}")
         return row
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from train.files import write_atomic
 
 SPEC_FILE = "sweep.json"
 RANGE_RE = re.compile(r"^(log|uniform|int):([-+0-9.eE]+):([-+0-9.eE]+)$")
@@ -178,9 +179,7 @@ def write_spec(sweep: Sweep, out: Path) -> Path:
     path = out / SPEC_FILE
     text = json.dumps(sweep.to_dict(), indent=1) + "\n"
     if not path.is_file() or path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text)
     return path
 
 
