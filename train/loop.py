@@ -58,7 +58,6 @@ from train.checkpoint import Checkpointer
 from train.config import CONFIG_FILE, ConfigError, RunConfig, RunDirError, SetupError, goal_met, load_run_config
 from train.distributed import sharding_plan
 from train.files import read_jsonl, write_atomic
-from train.memory import check as memory_check
 from train.report import METRICS_FILE, MetricsLog, NoLog, join_labels, plot_attention, plot_losses, write_summary
 from train.rundir import SETUP_MARKER, discard_unstarted, prepare
 from train.step import build_steps
@@ -232,7 +231,6 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
         raise SetupError(str(e)) from None
     if lock is not None:  # held until the run returns; the kernel releases it if the process dies
         scope.callback(lock.release)
-    memory_check(cfg)  # from shapes, before anything is written, allocated or compiled (train/memory.py)
     plan = None
     if state_sharding is None and batch_sharding is None:
         plan = sharding_plan(cfg)  # None on one device; a bad mesh raises ConfigError here, before compiling

@@ -12,6 +12,7 @@ from typing import Any
 from train.config import CONFIG_FILE, RunConfig, RunDirError, load_run_config
 from train.data import build_dataset, load_dataset_for_run
 from train.lock import LOCK_FILE, DirLock
+from train.memory import check as memory_check
 
 # Fields that may differ between a run's saved config and the one it is resumed with: they change
 # when or how much is evaluated, logged, saved or trained, not the trajectory of steps already taken.
@@ -109,7 +110,9 @@ def prepare(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] 
             f"cannot write the run directory {run_dir} ({e.strerror or e}): choose another run_dir"
         ) from None
     try:
-        return (*_prepare(cfg, run_dir, resume, log), held)
+        prepared = _prepare(cfg, run_dir, resume, log)
+        memory_check(prepared[0])  # from shapes, before anything is written, allocated or compiled (train/memory.py)
+        return (*prepared, held)
     except BaseException:
         if held is not None:  # leave the directory as it was found
             held.release()
