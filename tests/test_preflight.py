@@ -111,7 +111,7 @@ def test_a_run_killed_before_its_first_step_does_not_block_the_same_command(tmp_
     (run / "config.json").write_text(cfg.to_json())
     (run / SETUP_MARKER).write_text("x")
     logs = []
-    _, run_dir, _, resuming = prepare(cfg, log=logs.append)
+    _, run_dir, _, resuming, _ = prepare(cfg, log=logs.append)  # (cfg, dir, data, resuming, lock)
     assert not resuming and not (run / "config.json").exists() and "starting afresh" in logs[0]
     (run / "config.json").write_text(cfg.to_json())  # without the marker: a run that trained, refused
     with pytest.raises(Exception, match="pass --resume"):
