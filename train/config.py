@@ -336,7 +336,12 @@ def shakespeare_char_cpu() -> RunConfig:
         "shakespeare-char-cpu",
         # unrolled blocks and the plain attention path are the fastest at this size on a CPU
         get_model_preset("shakespeare-char-cpu").replace(attention_impl="reference", scan_layers=False),
-        "val_loss <= 1.89",
+        # nanoGPT's own training code (experiments/bench/nanogpt_torch.py, seeds 1337 and 1) scores 1.920 and
+        # 1.909 on 300 validation batches (mean 1.915; this project 1.917 over 3 seeds) and 1.895 on average on
+        # this preset's 20 batches (issue 17 item 6, ours 1.910); the published 1.8857 is one favourable draw.
+        # The 20-batch estimate reads up to 0.015 above the 300-batch one and seeds spread by +-0.01, so
+        # "matches nanoGPT" is its mean 1.915 + 0.035 (issue 18).
+        "val_loss <= 1.95",
         steps=2000,
         batch_size=12,
         eval_batches=20,
