@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def shrink(cmd: str) -> str:
         elif "python -m experiments.sweep" in code and "--print-commands" not in code and "--slurm" not in code:
             code += " " + SWEEP_SHRINK
         elif re.search(r"python3? -m pytest", code):
-            code += " --co"
+            code += f" --co {ROOT}"  # collected, not run, from the scratch directory
         out.append(code + (" &" if background else ""))
     if len(out) == 1:
         return out[0]
@@ -190,10 +191,16 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nS
 
 @pytest.mark.slow  # a few minutes: about 20 processes, each compiling a model
 def test_every_readme_command_runs(tmp_path):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "tinyshakespeare.txt").write_text(TEXT)  # the default text path, relative to the cwd
-    (tmp_path / "my.txt").write_text(TEXT.upper())
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
+    # the commands run in a copy of the sources, whose data/ holds a stand-in for tiny Shakespeare (the
+    # default text path is relative to the project root; the real data/ is left alone)
+    src = tmp_path / "src"
+    for name in ("model", "train", "experiments"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", src)
+    (src / "data").mkdir()
+    (src / "data" / "tinyshakespeare.txt").write_text(TEXT)
+    (src / "my.txt").write_text(TEXT.upper())
+    env = dict(os.environ, PYTHONPATH=str(src), JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     env["ATTN_CACHE_DIR"] = str(tmp_path / "cache")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` is this venv's
@@ -202,7 +209,8 @@ def test_every_readme_command_runs(tmp_path):
         if c.needs:
             continue
         cmd = shrink(c.text)
-        r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        print(f"README line {c.line}: {cmd}", flush=True)  # progress, with -s
+        r = subprocess.run(["bash", "-c", cmd], cwd=src, env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, (
             f"README line {c.line}: exit {r.returncode}\n$ {cmd}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
         )
