@@ -25,6 +25,7 @@ Every point is a `python -m train --config mqar ...` run of a sweep (experiments
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +166,13 @@ def write_report(out: Path, sweep: Sweep, rows: list[dict[str, Any]], command: s
         out,
     )
     for r in ok:
-        if r["model.n_layers"] == "2":
-            rep.figure(
-                Path(r["run_dir"]) / "attention.png",
-                f"attention patterns of the 2-layer model (seed {r['train.seed']})",
-                out,
-            )
+        src = Path(r["run_dir"]) / "attention.png"
+        if r["model.n_layers"] == "2" and src.is_file():
+            # copied beside the report: run directories stay out of the repository, the report's images go in
+            dest = out / "attention.png"
+            if src.resolve() != dest.resolve():
+                shutil.copyfile(src, dest)
+            rep.figure(dest, f"attention patterns of the 2-layer model (seed {r['train.seed']})", out)
             break
     rep.data = {"rows": rows}
     return rep.write(out), rep

@@ -314,22 +314,28 @@ def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> dic
         }
 
     blocks = [block(i) for i in range(cfg.n_layers)]
-    params: dict = {"embed": {"embedding": t["wte.weight"]}, "pos_embed": t["wpe.weight"], "norm_final": norm("ln_f")}
+    wte = _pad_rows(t["wte.weight"], cfg.padded_vocab_size)  # our tables have padded_vocab_size rows
+    params: dict = {"embed": {"embedding": wte}, "pos_embed": t["wpe.weight"], "norm_final": norm("ln_f")}
     if cfg.scan_layers:
         params["blocks"] = _tree_map(lambda *xs: np.stack(xs), *blocks)
     else:
         params.update({f"block_{i}": b for i, b in enumerate(blocks)})
     if not cfg.tie_embeddings:
-        params["unembed"] = t["lm_head.weight"].T
+        params["unembed"] = _pad_rows(t["lm_head.weight"], cfg.padded_vocab_size).T
     return params
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` [V, D] with zero rows appended up to ``rows`` (the padded vocabulary; those logits are never used)."""
+    return np.concatenate([a, np.zeros((rows - a.shape[0], *a.shape[1:]), a.dtype)]) if rows > a.shape[0] else a
 
 
 def tensors_from_params(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
     """GPT-2 tensors (with the ``transformer.`` prefix GPT2LMHeadModel writes) from our parameter tree."""
     config_to_hf(cfg)  # raises if GPT-2 cannot express the config
     p = _tree_map(lambda a: np.asarray(a, np.float32), params)
-    d = cfg.d_model
-    out = {"wte.weight": p["embed"]["embedding"], "wpe.weight": p["pos_embed"]}
+    d, v = cfg.d_model, cfg.vocab_size
+    out = {"wte.weight": p["embed"]["embedding"][:v], "wpe.weight": p["pos_embed"]}  # the padded rows stripped
     out.update({"ln_f.weight": p["norm_final"]["scale"], "ln_f.bias": p["norm_final"]["bias"]})
     for i in range(cfg.n_layers):
         b = _tree_map(lambda a, i=i: a[i], p["blocks"]) if cfg.scan_layers else p[f"block_{i}"]
@@ -352,7 +358,7 @@ def tensors_from_params(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
             raise HFFormatError(f"tensor {name}: shape {tuple(t.shape)} from our params, expected {expected[name]}")
     out = {f"transformer.{n}": np.ascontiguousarray(t) for n, t in out.items()}
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = np.ascontiguousarray(p["unembed"].T)
+        out["lm_head.weight"] = np.ascontiguousarray(p["unembed"][:, :v].T)
     return out
 
 

@@ -32,7 +32,7 @@ def analytic_counts(cfg: ModelConfig) -> dict[str, int]:
     """
     d, h, g, dh, f, L = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.n_layers
     c: Counter[str] = Counter()
-    c["embed"] = cfg.vocab_size * d
+    c["embed"] = cfg.padded_vocab_size * d  # the table as stored; vocab_padding() counts the padded rows
     if cfg.positions == "learned":
         c["pos_embed"] = cfg.max_len * d
     # attention, per layer
@@ -62,8 +62,14 @@ def analytic_counts(cfg: ModelConfig) -> dict[str, int]:
     per_norm = d * (2 if (cfg.norm == "layernorm" and cfg.use_bias) else 1)
     c["norm"] = per_norm * (L * (2 if cfg.mlp else 1) + 1)
     if not cfg.tie_embeddings:
-        c["unembed"] = d * cfg.vocab_size
+        c["unembed"] = d * cfg.padded_vocab_size
     return dict(c)
+
+
+def vocab_padding(cfg: ModelConfig) -> int:
+    """Parameters in the padded rows of the vocabulary tables (never used: their logits are sliced off)."""
+    tables = 1 if cfg.tie_embeddings else 2
+    return tables * (cfg.padded_vocab_size - cfg.vocab_size) * cfg.d_model
 
 
 # ---------------------------------------------------------------------------- traced
@@ -139,7 +145,8 @@ def format_report(cfg: ModelConfig, name: str = "") -> tuple[str, bool]:
     lines = [f"# Parameters of {name or 'the model'}"]
     lines.append(
         f"d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.head_dim} ({cfg.kv_heads} key/value heads), "
-        f"{cfg.n_layers} layers, d_mlp {cfg.mlp_dim if cfg.mlp else '-'}, vocab {cfg.vocab_size}, "
+        f"{cfg.n_layers} layers, d_mlp {cfg.mlp_dim if cfg.mlp else '-'}, "
+        f"vocab {cfg.vocab_size} (tables padded to {cfg.padded_vocab_size}), "
         f"context {cfg.max_len}, value map {cfg.value_map}, biases {'yes' if cfg.use_bias else 'no'}"
     )
     lines += ["", "## Attention weights, as the lecture counts them (no biases)", ""]
@@ -155,6 +162,9 @@ def format_report(cfg: ModelConfig, name: str = "") -> tuple[str, bool]:
             lines.append(f"| {label} | {a:,} | {t:,}{flag} |")
     ta, tt = sum(analytic.values()), sum(traced.values())
     lines.append(f"| **total** | **{ta:,}** | **{tt:,}** |")
+    pad = vocab_padding(cfg)
+    lines.append(f"| of which vocabulary padding (never used) | {pad:,} | {pad:,} |")
+    lines.append(f"| **total without the padding** | **{ta - pad:,}** | **{tt - pad:,}** |")
     lines.append("")
     lines.append(
         "analytic == eval_shape for every component"

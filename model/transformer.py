@@ -5,7 +5,9 @@
     logits = jax.jit(model.apply)({"params": params}, tokens)       # [B, T, V] float32
 
 tokens ``[B, T]`` int -> embed (+ positions) -> L blocks (scanned or unrolled) -> norm -> unembed ->
-logits ``[B, T, V]``; next-token cross-entropy is :func:`token_losses` (per position) and
+logits ``[B, T, V]``. The tables have ``config.padded_vocab_size`` rows (``vocab_size`` rounded up to
+``vocab_multiple``, so tensor parallelism can split them); the padded logits are sliced off right after
+the unembedding, so nothing downstream ever sees them and they get no gradient; next-token cross-entropy is :func:`token_losses` (per position) and
 :func:`next_token_loss` (their mean). With ``embed_scale`` the
 token embeddings are multiplied by sqrt(d_model) before positions are added (Vaswani et al. 2017, 3.4);
 the tied unembedding uses the unscaled table, as in the paper.
@@ -62,11 +64,11 @@ class Transformer(nn.Module):
 
         # ---- embed: token embedding plus position information
         embed = nn.Embed(
-            cfg.vocab_size, cfg.d_model, embedding_init=_normal(cfg.init_std), param_dtype=pdt, name="embed"
+            cfg.padded_vocab_size, cfg.d_model, embedding_init=_normal(cfg.init_std), param_dtype=pdt, name="embed"
         )
         # FSDP gathers the table's width before the lookup (a gather from a width-sharded table into a
         # batch-sharded stream is a reshard the partitioner does badly); tensor parallelism keeps its vocab split.
-        table = constrain(embed.embedding, ("vocab", None))  # [V, D]
+        table = constrain(embed.embedding, ("vocab", None))  # [Vp, D]: padded_vocab_size rows
         x = constrain(jnp.take(table, tokens, axis=0).astype(jnp.float32), ("batch", "length", "act_embed"))
         if cfg.embed_scale:  # Vaswani et al. 3.4: the embedding layers' weights times sqrt(d_model)
             x = x * jnp.float32(cfg.embed_multiplier)
@@ -114,13 +116,15 @@ class Transformer(nn.Module):
 
         # ---- unembed: logits over the vocabulary, in float32
         x = hp.point(self, "ln_final.hook_normalized", make_norm(cfg, "norm_final")(x))
-        if cfg.tie_embeddings:  # the unembedding is the embedding table, transposed: [D, V]
+        if cfg.tie_embeddings:  # the unembedding is the embedding table, transposed: [D, Vp]
             w = embed.embedding.T
         else:
-            w = self.param("unembed", _normal(cfg.init_std), (cfg.d_model, cfg.vocab_size), pdt)
+            w = self.param("unembed", _normal(cfg.init_std), (cfg.d_model, cfg.padded_vocab_size), pdt)
         cdt = dtype_of(cfg.dtype)  # the unembedding matmul runs in the compute dtype like every other
         logits = matmul_rows(x.astype(cdt), w.astype(cdt))
-        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))  # no-op outside use_mesh
+        logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))  # no-op outside use_mesh
+        # the padded columns never count: every consumer (loss, accuracy, sampling, hooks) sees [B, T, V]
+        return logits[..., : cfg.vocab_size] if cfg.padded_vocab_size != cfg.vocab_size else logits
 
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -342,7 +342,12 @@ def shakespeare_char_cpu() -> RunConfig:
         "shakespeare-char-cpu",
         # unrolled blocks and the plain attention path are the fastest at this size on a CPU
         get_model_preset("shakespeare-char-cpu").replace(attention_impl="reference", scan_layers=False),
-        "val_loss <= 1.89",
+        # nanoGPT's own training code (experiments/bench/nanogpt_torch.py, seeds 1337 and 1) scores 1.920 and
+        # 1.909 on 300 validation batches (mean 1.915; this project 1.917 over 3 seeds) and 1.895 on average on
+        # this preset's 20 batches (issue 17 item 6, ours 1.910); the published 1.8857 is one favourable draw.
+        # The 20-batch estimate reads up to 0.015 above the 300-batch one and seeds spread by +-0.01, so
+        # "matches nanoGPT" is its mean 1.915 + 0.035 (issue 18).
+        "val_loss <= 1.95",
         steps=2000,
         batch_size=12,
         eval_batches=20,
@@ -371,19 +376,27 @@ def shakespeare_char() -> RunConfig:
 
 
 def mqar() -> RunConfig:
-    """Multi-query associative recall (Arora et al. 2023, "Zoology"): 8 key-value pairs, then queries.
+    """Multi-query associative recall (Arora et al. 2023, "Zoology"): 4 key-value pairs, then queries.
+
+    The setting of experiments/mqar.py (experiment d), which learns MQAR on a 2-core CPU: vocabulary 256,
+    4 pairs, attention-only blocks with rotary positions (the previous-token head is one relative offset),
+    batch 256 (Zoology's; only 4 of 64 positions carry a label). The earlier preset (vocabulary 64, 8 pairs,
+    learned positions with MLPs, batch 64, 2000 steps) stayed near accuracy 0.35 (issue 18), as did every
+    batch-64 pilot of experiment d; at batch 256 the 2-layer model passes 0.95 by step 300, so 600 steps.
 
     python -m train --config mqar
     """
-    return _synthetic_task(
+    cfg = _synthetic_task(
         "mqar",
-        64,
-        DataConfig(task="mqar", vocab_size=64, n_pairs=8),
-        batch_size=64,
-        steps=2000,
+        256,
+        DataConfig(task="mqar", vocab_size=256, n_pairs=4),
+        mlp=False,
+        batch_size=256,
+        steps=600,
         warmup_steps=100,
-        eval_every=250,
+        eval_every=100,
     )
+    return cfg.replace(model=cfg.model.replace(positions="rotary"))
 
 
 def copy_task() -> RunConfig:
