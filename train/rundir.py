@@ -10,6 +10,7 @@ from typing import Any
 
 from train.config import CONFIG_FILE, RunConfig, RunDirError, load_run_config
 from train.data import build_dataset, load_dataset_for_run
+from train.init_from import check_vocab
 
 # Fields that may differ between a run's saved config and the one it is resumed with: they change
 # when or how much is evaluated, logged, saved or trained, not the trajectory of steps already taken.
@@ -79,6 +80,7 @@ def prepare(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] 
         ds = load_dataset_for_run(run_dir, cfg.data, cfg.seq_len)
     else:
         ds = build_dataset(cfg.data, cfg.seq_len)
+    check_vocab(cfg, ds.vocab_size)  # a fine-tune (cfg.init_from) cannot grow the checkpoint's vocabulary
     if cfg.model.vocab_size < ds.vocab_size:  # a larger model vocabulary is fine (unused logits)
         log(f"model.vocab_size raised to {ds.vocab_size} to fit the data (was {cfg.model.vocab_size})")
         cfg = cfg.replace(model=cfg.model.replace(vocab_size=ds.vocab_size))
