@@ -33,6 +33,8 @@ RESUMABLE_CHANGES = frozenset(
         "mesh.sequence",
         "mesh.tensor",
         "sharding",
+        # where GPT-2's tokenizer files are read from: vocab.json's fingerprint proves they are the same table
+        "data.bpe_dir",
     }
 )
 

@@ -72,6 +72,12 @@ def load_dataset_for_run(
         ds = SyntheticDataset(cfg)
     else:
         ds = build_dataset(cfg, seq_len, cache=cache)
+    got = getattr(getattr(ds, "tokenizer", None), "fingerprint", None)
+    if info.get("bpe_sha256") is not None and got is not None and got != info["bpe_sha256"]:
+        raise ValueError(
+            f"the GPT-2 tokenizer of data.bpe_dir={cfg.bpe_dir!r} has merge-table fingerprint {got[:12]}, not the "
+            f"{info['bpe_sha256'][:12]} saved in {path}: use the tokenizer files the run was trained with"
+        )
     if ds.vocab_size != info.get("vocab_size") or getattr(ds, "chars", None) != info.get("chars"):
         raise ValueError(
             f"the {cfg.task} data (data.path={cfg.path!r}) has a vocabulary of {ds.vocab_size} tokens different from "
