@@ -117,3 +117,13 @@ def test_npy_token_array_is_memory_mapped(tmp_path):
     np.save(tmp_path / "big.npy", np.array([1, 2, 300] * 10, np.int32))
     with pytest.raises(ValueError, match="token id 300, beyond data.level=byte's 256"):
         build_dataset(DataConfig(task="text", path=str(tmp_path / "big.npy"), level="byte"), 2)
+
+
+@needs_gpt2
+def test_prepare_benchmark_prints_its_table(capsys, tmp_path):
+    from experiments.bench.prepare import main
+
+    argv = ["--bpe-dir", str(GPT2_DIR), "--text", str(SHAKESPEARE), "--mb", "1", "--workdir", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "same ids: True" in out and "| streaming prepare (ours) |" in out and "| nanoGPT: whole file" in out
