@@ -2,6 +2,7 @@
 
     python -m model.params --preset gpt3-175b          # the lecture's GPT-3 figures, then the whole model
     python -m model.params --preset shakespeare-char-cpu model.n_kv_heads=1
+    python -m model.params --checkpoint path/to/gpt2                # a Hugging Face GPT-2 directory, or a run directory
 
 The analytic count is written from the architecture (what the lecture derives by hand); the other
 traces ``model.init`` abstractly (nothing is allocated, so GPT-3's 175B parameters cost no memory)
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from model.config import ModelConfig, get_preset
 from model.config_base import field_types, parse_value
@@ -182,10 +184,21 @@ def format_report(cfg: ModelConfig, name: str = "") -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.params", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="gpt3-175b", help="a model preset (default: gpt3-175b)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="count this checkpoint's model: a Hugging Face GPT-2 directory (its tensors are counted too) or a run",
+    )
     p.add_argument("overrides", nargs="*", help="field=value overrides of the model config, e.g. n_kv_heads=8")
     args = p.parse_args(argv)
+    stored = None
     try:
-        cfg = get_preset(args.preset)
+        if args.checkpoint is not None:
+            cfg, stored = checkpoint_config(args.checkpoint)
+            args.preset = args.checkpoint
+        else:
+            cfg = get_preset(args.preset)
         changes = {}
         types_of = field_types(ModelConfig)
         for item in args.overrides:
@@ -204,7 +217,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text, agree = format_report(cfg, args.preset)
     print(text)
+    if stored is not None and not args.overrides:
+        traced = sum(traced_counts(cfg).values())
+        print(f"tensors in the checkpoint's files: {stored:,} ({'agrees' if stored == traced else 'DIFFERS'})")
+        agree = agree and stored == traced
     return 0 if agree else 1
+
+
+def checkpoint_config(path: str) -> tuple[ModelConfig, int | None]:
+    """(the ModelConfig of a checkpoint directory, the parameters its files hold or None for a run of ours).
+
+    A Hugging Face GPT-2 directory is read by model/hf.py (its tensors loaded and counted: attention-mask
+    buffers are not parameters, a tied lm_head is the embedding); a run directory's config.json has a
+    ``model`` section (read here as JSON: model/ does not import train/).
+    """
+    import json
+    from pathlib import Path
+
+    from model import hf
+
+    p = Path(path)
+    config = p / "config.json"
+    if not config.is_file():
+        raise ValueError(f"{path}: no config.json; pass a Hugging Face GPT-2 directory or a run directory")
+    d = json.loads(config.read_text())
+    if "model" in d and "train" in d:
+        return ModelConfig.from_dict(d["model"]), None
+    cfg, params = hf.load(p)
+    return cfg, sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""train/tokenizers_bpe.py: GPT-2's BPE equals tiktoken's ``gpt2`` encoding, built independently.
+"""train/data/bpe.py: GPT-2's BPE equals tiktoken's ``gpt2`` encoding, built independently.
 
 The reference is the encoding ``tiktoken.get_encoding("gpt2")`` builds, made here from the same two
 files by tiktoken's own loader (``data_gym_to_mergeable_bpe_ranks``, GPT-2's pattern from tiktoken_ext)
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from train.tokenizers_bpe import GPT2_PATTERN, TokenizerError, load_gpt2_bpe, mergeable_ranks
+from train.data.bpe import GPT2_PATTERN, TokenizerError, load_gpt2_bpe, mergeable_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 

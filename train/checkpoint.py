@@ -40,6 +40,8 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
+CHECKPOINT_DIR = "checkpoints"  # the checkpoints' folder inside a run directory
+
 # the usual causes, named up front: Orbax/TensorStore bury the OS error deep in a long message
 _CAUSES = (
     ("No space left on device", "disk full: No space left on device"),

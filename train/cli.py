@@ -6,6 +6,7 @@
     python -m train --resume runs/x                    # continue a run from its newest checkpoint
     python -m train --resume runs/x train.steps=4000   # ... and train it for longer
     python -m train --config shakespeare-char-cpu mesh.data=2   # the batch split over 2 CPU devices (cores)
+    python -m train --config finetune-shakespeare --init-from path/to/gpt2   # fine-tune a checkpoint (train/init_from.py)
 
 Overrides are ``SECTION.FIELD=VALUE`` (SECTION: model, data, train) or a top-level ``run_dir=``,
 ``name=``, ``goal=``; values are parsed by the field's type (see train/config.py). A bad key,
@@ -23,6 +24,7 @@ from model.host import configure_xla, tune_host
 from train.config import (
     DEFAULT_PRESET,
     PRESETS,
+    ConfigError,
     RunDirError,
     SetupError,
     apply_overrides,
@@ -30,6 +32,7 @@ from train.config import (
     load_run_config,
     parse_goal,
 )
+from train.init_from import NEEDS_INIT_FROM
 
 EPILOG = """overrides: KEY=VALUE with KEY one of model.FIELD, data.FIELD, train.FIELD, run_dir, name, goal;
 values parsed by the field's type: 12, 3e-4, true/false, none, text.
@@ -52,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue RUN_DIR (or the config's run_dir) from its newest checkpoint",
     )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="start a new run from this checkpoint's parameters (a Hugging Face GPT-2 directory or a run directory)",
+    )
     p.add_argument("--list", action="store_true", help="list the presets and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
@@ -60,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace):
     """The RunConfig the arguments ask for (raises ConfigError / SetupError with one-line messages)."""
+    init_from = getattr(args, "init_from", None)
+    if args.resume is not None and init_from is not None:
+        raise RunDirError("--init-from starts a new run and --resume continues one: pass only one of them")
     if args.resume:  # a run directory: its saved config is the base
         cfg = load_run_config(args.resume)
         if args.config is not None and args.config != cfg.name:
@@ -67,7 +79,22 @@ def resolve(args: argparse.Namespace):
                 f"{args.resume} is a {cfg.name!r} run, not {args.config!r}: drop --config or start a new run_dir"
             )
         return apply_overrides(cfg, args.overrides).replace(run_dir=args.resume)
-    cfg = apply_overrides(get_preset(args.config or DEFAULT_PRESET), args.overrides)
+    cfg = get_preset(args.config or DEFAULT_PRESET)
+    if init_from is None and args.config not in NEEDS_INIT_FROM:
+        cfg = apply_overrides(cfg, args.overrides)
+    else:
+        from train.init_from import apply_init_from
+
+        # the model comes from the checkpoint, so train.seq_len is checked against it, not the preset's model
+        keys = [o.partition("=")[0].strip() for o in args.overrides]
+        parsed = apply_overrides(cfg.replace(train=cfg.train.replace(seq_len=None)), args.overrides)
+        model_overrides = {k[6:]: getattr(parsed.model, k[6:]) for k in keys if k.startswith("model.")}
+        seq_len = parsed.train.seq_len if "train.seq_len" in keys else cfg.train.seq_len
+        cfg = apply_init_from(parsed, init_from, model_overrides)
+        try:
+            cfg = cfg.replace(train=cfg.train.replace(seq_len=seq_len))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if args.resume is not None and cfg.run_dir is None:  # a bare --resume would otherwise start a new run
         raise RunDirError(
             "--resume needs the run directory to continue: python -m train --resume RUN_DIR "

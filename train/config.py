@@ -151,6 +151,9 @@ class RunConfig:
     # The default is one device (the single-device fast path); mesh.data=-1 spreads the batch over all of them.
     mesh: MeshConfig = MeshConfig(data=1)
     sharding: str = "dp"  # the rules table of model/sharding.py: 'dp', 'fsdp', 'tp', 'sp', 'fsdp_tp', 'fsdp_sp'
+    # fine-tuning (train/init_from.py): a Hugging Face GPT-2 directory or a run directory whose parameters the
+    # run starts from (fresh optimizer, step 0); set by ``--init-from``, which also takes the model from it
+    init_from: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.mesh, MeshConfig):
@@ -173,6 +176,8 @@ class RunConfig:
             raise ConfigError(f"run_dir={self.run_dir!r}: must be a path (or none for runs/<name>-<time>)")
         if self.goal is not None:
             parse_goal(self.goal)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ConfigError(f"init_from={self.init_from!r}: must be a checkpoint directory (or none)")
         seq_len = self.seq_len
         if seq_len > self.model.max_len:
             raise ConfigError(
@@ -197,6 +202,7 @@ class RunConfig:
             "goal": self.goal,
             "mesh": self.mesh.to_dict(),
             "sharding": self.sharding,
+            "init_from": self.init_from,
         }
 
     def to_json(self) -> str:
@@ -220,6 +226,7 @@ class RunConfig:
                 goal=d.get("goal", cls.goal),
                 mesh=_mesh_from_dict(d.get("mesh")),
                 sharding=d.get("sharding", cls.sharding),
+                init_from=d.get("init_from"),
             )
         except KeyError as e:
             raise ConfigError(f"the run config lacks the section {e.args[0]!r}") from None
@@ -409,12 +416,48 @@ def copy_task() -> RunConfig:
     )
 
 
+def finetune_shakespeare() -> RunConfig:
+    """Fine-tune a GPT-2 checkpoint on tiny Shakespeare in GPT-2 tokens (nanoGPT's config/finetune_shakespeare.py).
+
+    Needs ``--init-from PATH`` (a Hugging Face GPT-2 directory, or a run directory); the model comes from
+    it. nanoGPT: block 1024, batch 1 x 32 gradient-accumulation steps (32,768 tokens per iteration), lr 3e-5
+    constant (decay_lr False, so no warmup), 20 iterations, eval every 5 over 40 batches, and train.py's
+    AdamW betas (0.9, 0.95), weight decay 0.1, clip 1.0. nanoGPT starts from gpt2-xl; any GPT-2 works.
+
+        python -m train --config finetune-shakespeare --init-from path/to/gpt2
+    """
+    return RunConfig(
+        name="finetune-shakespeare",
+        model=get_model_preset("gpt2-small").replace(norm_eps=1e-5, dropout=0.0, attention_dropout=0.0),
+        data=DataConfig(task="text", level="gpt2"),
+        train=TrainConfig(
+            batch_size=32,
+            grad_accum=32,
+            seq_len=1024,
+            steps=20,
+            lr=3e-5,
+            min_lr=3e-5,
+            schedule="constant",
+            warmup_steps=0,
+            beta1=0.9,
+            beta2=0.95,
+            weight_decay=0.1,
+            grad_clip=1.0,
+            eval_every=5,
+            eval_batches=40,
+            log_every=1,
+            checkpoint_every=5,
+        ),
+    )
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "induction": induction,
     "shakespeare-char-cpu": shakespeare_char_cpu,
     "shakespeare-char": shakespeare_char,
     "mqar": mqar,
     "copy": copy_task,
+    "finetune-shakespeare": finetune_shakespeare,
 }
 DEFAULT_PRESET = "induction"
 

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.transformer import attention_patterns
-from train.checkpoint import Checkpointer
+from train.checkpoint import CHECKPOINT_DIR, Checkpointer
 from train.config import CONFIG_FILE, ConfigError, RunConfig, RunDirError, SetupError, goal_met, load_run_config
 from train.distributed import sharding_plan
 from train.files import read_jsonl, write_atomic
@@ -62,7 +62,6 @@ from train.report import METRICS_FILE, MetricsLog, NoLog, join_labels, plot_atte
 from train.rundir import SETUP_MARKER, discard_unstarted, prepare
 from train.step import build_steps
 
-CHECKPOINT_DIR = "checkpoints"
 # Evaluation batches are batch numbers EVAL_OFFSET + i of each split: the same fixed set at every
 # evaluation (comparable across steps) and never a batch that training draws.
 EVAL_OFFSET = 1_000_000_000
@@ -292,6 +291,11 @@ def _restore_or_init(run: _Run, steps, ckpt: Checkpointer, log: Callable[[str], 
         if run.resuming:
             _check_restart(run, listing, log)
         run.metrics_log.truncate_after(-1)
+        if run.cfg.init_from is not None:  # fine-tuning: the checkpoint's parameters, a fresh optimizer, step 0
+            from train.init_from import init_state
+
+            log(f"initialising from {run.cfg.init_from}")
+            return init_state(steps.init(), run.cfg), 0, (0, 0)
         return steps.init(), 0, (0, 0)
     state, meta = ckpt.restore(steps.abstract_state(), warn=log)  # skips a corrupted newest checkpoint
     start = int(meta["step"])

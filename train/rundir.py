@@ -11,6 +11,7 @@ from typing import Any
 
 from train.config import CONFIG_FILE, RunConfig, RunDirError, load_run_config
 from train.data import build_dataset, load_dataset_for_run
+from train.init_from import check_vocab
 from train.lock import LOCK_FILE, DirLock
 from train.memory import check as memory_check
 
@@ -36,6 +37,8 @@ RESUMABLE_CHANGES = frozenset(
         "mesh.sequence",
         "mesh.tensor",
         "sharding",
+        # where GPT-2's tokenizer files are read from: vocab.json's fingerprint proves they are the same table
+        "data.bpe_dir",
     }
 )
 
@@ -144,6 +147,7 @@ def _prepare(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], N
         ds = load_dataset_for_run(run_dir, cfg.data, cfg.seq_len)
     else:
         ds = build_dataset(cfg.data, cfg.seq_len)
+    check_vocab(cfg, ds.vocab_size)  # a fine-tune (cfg.init_from) cannot grow the checkpoint's vocabulary
     if cfg.model.vocab_size < ds.vocab_size:  # a larger model vocabulary is fine (unused logits)
         log(f"model.vocab_size raised to {ds.vocab_size} to fit the data (was {cfg.model.vocab_size})")
         cfg = cfg.replace(model=cfg.model.replace(vocab_size=ds.vocab_size))

@@ -197,25 +197,84 @@ def make_generate(
     return jax.jit(generate)
 
 
-# ---------------------------------------------------------------------------- loading a run
-def load_run(run_dir: str | Path, step: int | None = None):
-    """(RunConfig, Transformer, params, dataset codec) of a run directory's checkpoint (default: newest)."""
-    cfg, ds = load_codec(run_dir)
+# ---------------------------------------------------------------------------- loading a run or a checkpoint
+def is_hf_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a Hugging Face checkpoint directory (its config.json has a model_type) rather than a run."""
+    import json
+
+    config = Path(path) / "config.json"
+    try:
+        d = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "model_type" in d and "train" not in d
+
+
+def load_run(run_dir: str | Path, step: int | None = None, *, bpe_dir: str | None = None):
+    """(RunConfig, Transformer, params, dataset codec) of a run directory's checkpoint (default: newest),
+    or of a Hugging Face GPT-2 directory (see :func:`load_codec`)."""
+    cfg, ds = load_codec(run_dir, bpe_dir=bpe_dir)
     model, params = load_params(run_dir, cfg, step)
     return cfg, model, params, ds
 
 
-def load_codec(run_dir: str | Path):
-    """(RunConfig, dataset for encode/decode) of a run: JSON files only, no corpus and no arrays."""
-    from train.config import load_run_config
-    from train.data import load_dataset_for_run
+def load_codec(run_dir: str | Path, *, bpe_dir: str | None = None):
+    """(RunConfig, dataset for encode/decode): JSON files only, no corpus and no arrays.
 
+    A Hugging Face GPT-2 directory becomes a RunConfig of its model (data.level=gpt2) whose tokenizer is
+    ``bpe_dir``, else the directory's own vocab.json + merges.txt, else tiktoken's gpt2 (online). For a run
+    of ours, ``bpe_dir`` replaces a GPT-2 run's saved tokenizer directory (when it has moved).
+    """
+    from train.config import RunConfig, TrainConfig, load_run_config
+    from train.data import DataConfig, load_dataset_for_run
+
+    if is_hf_dir(run_dir):
+        from model import hf
+        from train.data import TextDataset
+        from train.data.bpe import FILE_PAIRS
+        from train.data.tokenizers import GPT2Tokenizer
+
+        model_cfg = hf.config_from_hf(hf.read_config(Path(run_dir)))
+        p = Path(run_dir)
+        if bpe_dir is None and any((p / a).is_file() and (p / b).is_file() for a, b in FILE_PAIRS):
+            bpe_dir = str(p)
+        data = DataConfig(task="text", level="gpt2", bpe_dir=bpe_dir)
+        cfg = RunConfig(name=p.resolve().name, model=model_cfg, data=data, train=TrainConfig())
+        try:
+            tok = GPT2Tokenizer.load(bpe_dir, str(p))
+        except ValueError as e:
+            raise ValueError(f"{e} (or pass --bpe-dir DIR)") from None
+        ds = TextDataset(data, tokenizer=tok, tokens=None, source=str(p), sha256=None)
+        ds.vocab_size = min(tok.vocab_size, model_cfg.vocab_size)
+        return cfg, ds
     cfg = load_run_config(run_dir)
+    if bpe_dir is not None and cfg.data.level == "gpt2":
+        cfg = cfg.replace(data=cfg.data.replace(bpe_dir=bpe_dir))
     return cfg, load_dataset_for_run(run_dir, cfg.data)
 
 
+def check_prompt_ids(ids: np.ndarray, cfg) -> None:
+    """A prompt token the model has no embedding for (a GPT-2 id beyond a small checkpoint's vocabulary) is one line."""
+    if ids.size and int(ids.max()) >= cfg.model.vocab_size:
+        raise ValueError(
+            f"the prompt has token id {int(ids.max())} but the model's vocabulary is {cfg.model.vocab_size} "
+            f"ids: use a prompt whose tokens the model knows"
+        )
+
+
 def load_params(run_dir: str | Path, cfg, step: int | None = None):
-    """(Transformer, params) restored from checkpoint ``step`` (default: newest) into an abstract target."""
+    """(Transformer, params) restored from checkpoint ``step`` (default: newest) into an abstract target;
+    a Hugging Face directory's parameters through model/hf.py (it has one 'step')."""
+    from model.transformer import Transformer
+
+    if is_hf_dir(run_dir):
+        from model import hf
+
+        if step is not None:
+            raise ValueError(f"{run_dir} is a Hugging Face checkpoint: it has no --step")
+        model_cfg, params = hf.load(run_dir, **{k: v for k, v in cfg.model.to_dict().items() if k == "scan_layers"})
+        return Transformer(model_cfg), jax.tree.map(jnp.asarray, params)
+
     from train.checkpoint import Checkpointer
     from train.loop import CHECKPOINT_DIR
     from train.step import abstract_state, model_and_optimizer
@@ -253,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     from model.host import tune_host
 
     tune_host()
-    p = argparse.ArgumentParser(prog="python -m train.sample", description="Generate from a trained run.")
-    p.add_argument("run_dir", help="a run directory written by `python -m train`")
+    p = argparse.ArgumentParser(
+        prog="python -m train.sample", description="Generate from a trained run or a Hugging Face GPT-2 directory."
+    )
+    p.add_argument("run_dir", help="a run directory written by `python -m train`, or a Hugging Face GPT-2 directory")
+    p.add_argument("--bpe-dir", default=None, help="GPT-2 tokenizer files (encoder.json + vocab.bpe) if not found")
     p.add_argument("--prompt", default=None, help="start text (default: a newline for text runs)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -270,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
         sc = SamplingConfig(0.0 if args.greedy else args.temperature, args.top_k, args.top_p)
-        cfg, ds = load_codec(args.run_dir)
+        cfg, ds = load_codec(args.run_dir, bpe_dir=args.bpe_dir)
         text = cfg.data.task == "text"
         prompt = args.prompt if args.prompt is not None else ("\n" if text else None)
         if prompt is None or (not prompt.strip() and not text):
@@ -280,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = np.asarray(ds.encode(prompt), np.int32)
         if ids.size == 0:
             raise ValueError("the prompt encodes to no tokens: give at least one character")
+        check_prompt_ids(ids, cfg)
         cropped = ids.size > cfg.model.max_len
         ids = ids[-cfg.model.max_len :]
         model, params = load_params(args.run_dir, cfg, args.step)

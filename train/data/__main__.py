@@ -1,5 +1,6 @@
 """``python -m train.data download`` fetches tiny Shakespeare; ``python -m train.data bench`` prints
-how long a batch takes.
+how long a batch takes; ``python -m train.data prepare TEXT_FILE --tokenizer gpt2 --out DIR`` writes
+nanoGPT's train.bin / val.bin (GPT-2 ids, uint16), streaming (train/data/tokens.py).
 """
 
 from __future__ import annotations
@@ -53,8 +54,31 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--batch-size", type=int, default=64)
     bench.add_argument("--seq-len", type=int, default=256)
     bench.add_argument("--repeats", type=int, default=1000)
+    prep = sub.add_parser("prepare", help="encode a text file into train.bin / val.bin (GPT-2 ids), streaming")
+    prep.add_argument("text_file")
+    prep.add_argument("--tokenizer", default="gpt2", choices=["gpt2"])
+    prep.add_argument("--out", required=True, help="directory for train.bin, val.bin, meta.json")
+    prep.add_argument("--bpe-dir", default=None, help="encoder.json + vocab.bpe (default: tiktoken's gpt2, online)")
+    prep.add_argument("--val-fraction", type=float, default=0.1)
+    prep.add_argument("--chunk-mb", type=float, default=1.0, help="text per encoded chunk (MB)")
+    prep.add_argument("--threads", type=int, default=2, help="tiktoken threads")
     args = parser.parse_args(argv)
     try:
+        if args.command == "prepare":
+            from train.data.tokens import prepare
+
+            meta = prepare(
+                args.text_file,
+                args.out,
+                tokenizer=args.tokenizer,
+                bpe_dir=args.bpe_dir,
+                val_fraction=args.val_fraction,
+                chunk_bytes=int(args.chunk_mb * (1 << 20)),
+                threads=args.threads,
+            )
+            n = meta["n_tokens"]
+            print(f"wrote {args.out}: train.bin {n['train']:,} tokens, val.bin {n['val']:,} tokens")
+            return 0
         if args.command == "download":
             out = download(args.url, args.out, args.timeout)
             print(f"wrote {out} ({out.stat().st_size:,} bytes)")

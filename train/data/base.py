@@ -24,7 +24,7 @@ from model.config_base import ConfigBase
 from train.data.tokenizers import TOKENIZERS
 
 TASK_NAMES = ("text", "induction", "mqar", "copy")
-LEVELS = tuple(TOKENIZERS)  # the text tokenizers by name: ("char", "byte")
+LEVELS = tuple(TOKENIZERS)  # the text tokenizers by name: ("char", "byte", "gpt2")
 SPLITS = {"train": 0, "val": 1}  # the split's id enters the seed, so train and val never share a stream
 VOCAB_FILE = "vocab.json"  # the file in a run directory that carries the vocabulary
 
@@ -35,8 +35,12 @@ class DataConfig(ConfigBase):
     """What the model reads: a text corpus or a synthetic task. Validated on construction."""
 
     task: str = "induction"  # 'text' | 'induction' | 'mqar' | 'copy'
-    path: str | None = None  # text: a local file; None -> tiny Shakespeare (see resolve_text_path)
-    level: str = "char"  # text: 'char' (vocabulary = the corpus's distinct characters) | 'byte' (256 ids)
+    # text: a local text file; None -> tiny Shakespeare (see resolve_text_path). Also token ids already
+    # encoded (train/data/tokens.py): a .npy array, or a directory holding nanoGPT's train.bin + val.bin (uint16)
+    path: str | None = None
+    # text: 'char' (vocabulary = the corpus's distinct characters) | 'byte' (256 ids) | 'gpt2' (GPT-2's BPE)
+    level: str = "char"
+    bpe_dir: str | None = None  # level gpt2: encoder.json + vocab.bpe (or vocab.json + merges.txt); None = tiktoken's
     val_fraction: float = 0.1  # text: the last fraction of the tokens is validation (nanoGPT: 0.1)
     vocab_size: int = 16  # synthetic: ordinary tokens 0..vocab_size-1; special tokens get ids above them
     n_pairs: int = 4  # mqar: key-value pairs per sequence (each key is queried once)
@@ -48,6 +52,8 @@ class DataConfig(ConfigBase):
             raise ValueError(f"DataConfig.task={self.task!r}: unknown task; choose one of {TASK_NAMES}")
         if self.level not in LEVELS:
             raise ValueError(f"DataConfig.level={self.level!r}: unknown level; choose one of {LEVELS}")
+        if self.bpe_dir is not None and self.level != "gpt2":
+            raise ValueError(f"DataConfig.bpe_dir={self.bpe_dir!r} is for data.level=gpt2, not {self.level!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(
                 f"DataConfig.val_fraction={self.val_fraction}: must be strictly between 0 and 1 (nanoGPT uses 0.1)"

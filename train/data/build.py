@@ -8,8 +8,9 @@ from pathlib import Path
 
 from train.data.base import VOCAB_FILE, DataConfig, Dataset, _check_int
 from train.data.synthetic import SyntheticDataset
-from train.data.text import TextDataset, _text_dataset
+from train.data.text import TextDataset, _text_dataset, tokenizer_options
 from train.data.tokenizers import TOKENIZERS
+from train.data.tokens import is_token_path, token_dataset
 
 
 def build_dataset(cfg: DataConfig, seq_len: int, *, cache: str | os.PathLike | None = None) -> Dataset:
@@ -20,7 +21,12 @@ def build_dataset(cfg: DataConfig, seq_len: int, *, cache: str | os.PathLike | N
     if not isinstance(cfg, DataConfig):
         raise ValueError(f"build_dataset expects a DataConfig, got {type(cfg).__name__}")
     seq_len = _check_int("seq_len", seq_len, 1)
-    ds = _text_dataset(cfg, None if cache is None else Path(cache)) if cfg.task == "text" else SyntheticDataset(cfg)
+    if cfg.task != "text":
+        ds = SyntheticDataset(cfg)
+    elif is_token_path(cfg.path):
+        ds = token_dataset(cfg)
+    else:
+        ds = _text_dataset(cfg, None if cache is None else Path(cache))
     ds.check_seq_len(seq_len)
     return ds
 
@@ -59,11 +65,19 @@ def load_dataset_for_run(
     if seq_len is None:
         if cfg.task == "text":
             source = str(info.get("source"))
-            tokenizer = TOKENIZERS[cfg.level].from_state(info, source)
-            return TextDataset(cfg, tokenizer=tokenizer, tokens=None, source=source, sha256=None)
+            tokenizer = TOKENIZERS[cfg.level].from_state(info, source, **tokenizer_options(cfg))
+            ds = TextDataset(cfg, tokenizer=tokenizer, tokens=None, source=source, sha256=None)
+            ds.vocab_size = info.get("vocab_size", ds.vocab_size)  # a token corpus may use fewer ids than its tokenizer
+            return ds
         ds = SyntheticDataset(cfg)
     else:
         ds = build_dataset(cfg, seq_len, cache=cache)
+    got = getattr(getattr(ds, "tokenizer", None), "fingerprint", None)
+    if info.get("bpe_sha256") is not None and got is not None and got != info["bpe_sha256"]:
+        raise ValueError(
+            f"the GPT-2 tokenizer of data.bpe_dir={cfg.bpe_dir!r} has merge-table fingerprint {got[:12]}, not the "
+            f"{info['bpe_sha256'][:12]} saved in {path}: use the tokenizer files the run was trained with"
+        )
     if ds.vocab_size != info.get("vocab_size") or getattr(ds, "chars", None) != info.get("chars"):
         raise ValueError(
             f"the {cfg.task} data (data.path={cfg.path!r}) has a vocabulary of {ds.vocab_size} tokens different from "

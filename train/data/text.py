@@ -157,25 +157,30 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "attention-lab"
 
 
-def _encode_corpus(raw: bytes, level: str, source: str) -> tuple[Tokenizer, np.ndarray]:
+def tokenizer_options(cfg: DataConfig) -> dict[str, Any]:
+    """The DataConfig fields a tokenizer kind reads beyond its level (GPT-2: the BPE files' directory)."""
+    return {"bpe_dir": cfg.bpe_dir}
+
+
+def _encode_corpus(raw: bytes, cfg: DataConfig, source: str) -> tuple[Tokenizer, np.ndarray]:
     """Raw file bytes -> (the level's tokenizer fitted to them, token ids [N] in the smallest unsigned dtype)."""
     global ENCODE_COUNT
     ENCODE_COUNT += 1
-    return TOKENIZERS[level].fit(raw, source)
+    return TOKENIZERS[cfg.level].fit(raw, source, **tokenizer_options(cfg))
 
 
-def _load_cached(npy: Path, meta_path: Path, sha: str, level: str, source: str):
+def _load_cached(npy: Path, meta_path: Path, sha: str, cfg: DataConfig, source: str):
     """The cached (tokenizer, tokens memmap) if both files exist and agree with each other, else None."""
     try:
         meta = json.loads(meta_path.read_text())
         tokens = np.load(npy, mmap_mode="r")
     except (OSError, ValueError):
         return None
-    if meta.get("sha256") != sha or meta.get("level") != level or tokens.ndim != 1:
+    if meta.get("sha256") != sha or meta.get("level") != cfg.level or tokens.ndim != 1:
         return None
     if len(tokens) != meta.get("n_tokens"):
         return None
-    return TOKENIZERS[level].from_state(meta, source), tokens
+    return TOKENIZERS[cfg.level].from_state(meta, source, **tokenizer_options(cfg)), tokens
 
 
 def _text_dataset(cfg: DataConfig, cache: Path | None) -> TextDataset:
@@ -189,13 +194,13 @@ def _text_dataset(cfg: DataConfig, cache: Path | None) -> TextDataset:
     cache = cache_dir() if cache is None else Path(cache)
     stem = f"{sha[:32]}-{cfg.level}"
     npy, meta_path = cache / f"{stem}.npy", cache / f"{stem}.json"
-    hit = _load_cached(npy, meta_path, sha, cfg.level, source)
+    hit = _load_cached(npy, meta_path, sha, cfg, source)
     if hit is not None:
         tokenizer, tokens = hit
         return TextDataset(cfg, tokenizer=tokenizer, tokens=tokens, source=source, sha256=sha, cache_path=npy)
 
     # ---- cache miss: encode once, write the array then its metadata (each atomically), memory-map it
-    tokenizer, tokens = _encode_corpus(path.read_bytes(), cfg.level, source)
+    tokenizer, tokens = _encode_corpus(path.read_bytes(), cfg, source)
     meta = {"sha256": sha, "level": cfg.level, "n_tokens": len(tokens), **tokenizer.state(), "source": source}
     try:
         _atomic_write(npy, lambda f: np.save(f, tokens))
