@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -30,21 +29,10 @@ from model.config_base import ConfigBase, allowed_types, field_types
 from model.config_base import parse_value as _parse_value
 from model.sharding import RULES, MeshConfig
 from train.data import DataConfig
+from train.errors import ConfigError, RunDirError, SetupError  # noqa: F401  (re-exported)
+from train.goal import GOAL_RE, goal_met, parse_goal  # noqa: F401  (re-exported)
 
 SCHEDULES = ("cosine", "constant")
-GOAL_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
-
-
-class SetupError(ValueError):
-    """A run cannot start: bad config, unusable data or run directory. The message is one line naming the fix."""
-
-
-class ConfigError(SetupError):
-    """A bad config or override; the message is one line naming the key and the fix."""
-
-
-class RunDirError(SetupError):
-    """The run directory cannot be used as asked (exists without --resume, or holds another run)."""
 
 
 CONFIG_FILE = "config.json"  # the resolved RunConfig inside a run directory
@@ -243,27 +231,6 @@ def _mesh_from_dict(d: dict[str, Any] | None) -> MeshConfig:
         return MeshConfig.from_dict(d)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-
-def parse_goal(goal: str) -> tuple[str, str, float]:
-    """'val_accuracy >= 0.9' -> ('val_accuracy', '>=', 0.9); anything else raises ConfigError."""
-    m = GOAL_RE.match(goal) if isinstance(goal, str) else None
-    if m is None:
-        raise ConfigError(f"goal={goal!r}: write it as '<metric> <= <number>' or '<metric> >= <number>'")
-    try:
-        return m.group(1), m.group(2), float(m.group(3))
-    except ValueError:
-        raise ConfigError(f"goal={goal!r}: {m.group(3)!r} is not a number") from None
-
-
-def goal_met(goal: str | None, metrics: dict[str, float]) -> bool | None:
-    """Whether the final evaluation's ``metrics`` satisfy ``goal`` (None without a goal); a missing metric raises."""
-    if goal is None:
-        return None
-    name, op, threshold = parse_goal(goal)
-    if name not in metrics:
-        raise ConfigError(f"goal={goal!r}: the evaluation has no metric {name!r}; known: {', '.join(sorted(metrics))}")
-    return metrics[name] <= threshold if op == "<=" else metrics[name] >= threshold
 
 
 # ---------------------------------------------------------------------- presets

@@ -39,11 +39,8 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
-import signal
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,12 +57,12 @@ from train.distributed import sharding_plan
 from train.files import read_jsonl, write_atomic
 from train.report import METRICS_FILE, MetricsLog, NoLog, join_labels, plot_attention, plot_losses, write_summary
 from train.rundir import SETUP_MARKER, discard_unstarted, prepare
+from train.signals import SignalCatcher
 from train.step import build_steps
 
 # Evaluation batches are batch numbers EVAL_OFFSET + i of each split: the same fixed set at every
 # evaluation (comparable across steps) and never a batch that training draws.
 EVAL_OFFSET = 1_000_000_000
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 @dataclasses.dataclass
@@ -129,69 +126,6 @@ def _nonfinite_counter(limit: int) -> Callable:
         return jnp.stack([streak, c[1] + flag, hit]).astype(jnp.int32)
 
     return count
-
-
-class _SignalCatcher:
-    """SIGINT/SIGTERM set a flag that the loop reads after each step (only in the main thread).
-
-    Before the first step has finished (set-up, restoring, compiling) there is nothing to save, and the
-    main thread may sit in XLA's compiler for minutes, where no Python handler runs. So until
-    :meth:`started`, a watcher thread reads the signal from ``signal.set_wakeup_fd`` (written by the C
-    handler the moment the signal arrives), calls ``on_early`` (which removes a half-made run
-    directory), prints one line and ends the process with 130 / 143 within moments.
-    """
-
-    def __init__(self, enabled: bool, on_early: Callable[[str], None] | None = None):
-        self.received: str | None = None
-        self._old: dict[int, Any] = {}
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self._on_early = on_early
-        self._started = threading.Event()
-        self._fds: tuple[int, int] | None = None
-        self._old_wakeup = -1
-
-    def __enter__(self):
-        if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-            if self._on_early is not None:
-                r, w = os.pipe()
-                os.set_blocking(w, False)
-                self._fds = (r, w)
-                self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-                threading.Thread(target=self._watch, args=(r,), daemon=True, name="early-signals").start()
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def _watch(self, r: int) -> None:
-        while True:
-            try:
-                data = os.read(r, 1)
-            except OSError:
-                return
-            if not data or self._started.is_set():
-                return
-            if data[0] not in (signal.SIGINT, signal.SIGTERM):
-                continue
-            name = signal.Signals(data[0]).name
-            try:
-                self._on_early(name)
-            finally:
-                os._exit(SIGNAL_EXIT_CODES[name])
-
-    def started(self) -> None:
-        """The first step is done: from now on a signal stops the loop after a step, with a checkpoint."""
-        self._started.set()
-
-    def __exit__(self, *exc):
-        self._started.set()
-        if self._fds is not None:
-            signal.set_wakeup_fd(self._old_wakeup)
-            os.close(self._fds[1])  # the watcher reads end-of-file and returns
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def train(cfg: RunConfig, **kwargs) -> RunResult:
@@ -463,7 +397,7 @@ def _train(
 
     ``stop_after``: stop after that step as if interrupted (a checkpoint is saved), for tests of resuming.
     ``exit_on_early_signal`` (the command line): SIGINT/SIGTERM before the first step is done end the process
-    within moments, even during compilation, removing what a fresh run had written (see _SignalCatcher).
+    within moments, even during compilation, removing what a fresh run had written (see SignalCatcher).
     ``progress``: tqdm bar (None: only on a terminal). ``state_sharding`` / ``batch_sharding``: see train/step.py;
     without them the run uses ``cfg.mesh`` and ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
     """
@@ -476,7 +410,7 @@ def _train(
         where = f" (removed what it had written in {run.run_dir})" if run is not None and not run.resuming else ""
         print(f"interrupted ({name}) before the first step: nothing to save{where}", file=sys.stderr, flush=True)
 
-    signals = scope.enter_context(_SignalCatcher(handle_signals, on_early if exit_on_early_signal else None))
+    signals = scope.enter_context(SignalCatcher(handle_signals, on_early if exit_on_early_signal else None))
     run = _setup(cfg, scope, resume=resume, log=log, state_sharding=state_sharding, batch_sharding=batch_sharding)
     made.append(run)
     tc = run.cfg.train
