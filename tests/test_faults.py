@@ -283,12 +283,13 @@ def test_package_sources_never_unpickle_eval_or_exec():
     assert not FORBIDDEN.search("written without pickle, as JSON")  # prose is not code
 
 
-def test_malicious_looking_config_strings_stay_strings(tmp_path):
+def test_malicious_looking_config_strings_stay_strings(tmp_path, monkeypatch):
     cfg = config(tmp_path / "r", steps=1)
     run(cfg)
     path = tmp_path / "r" / "config.json"
     d = json.loads(path.read_text())
-    payload = "__import__('os').system('touch " + str(tmp_path / "pwned") + "')"
+    monkeypatch.chdir(tmp_path)  # executed, the payload would write tmp_path/pwned (a name holds no '/')
+    payload = "__import__('os').system('touch pwned')"
     d["name"] = payload
     d["goal"] = None
     d["data"]["task"] = "induction"

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     hf_model = transformers.GPT2LMHeadModel(
         transformers.GPT2Config(n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads)
-    ).eval()
+    )
+    hf_model.train(False)  # inference mode (torch's Module.eval), no dropout
     ids = torch.from_numpy(prompt.astype(np.int64))
 
     def theirs(i):
