@@ -61,6 +61,8 @@ def discard_unstarted(run_dir: Path, created: bool) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    if (run_dir / LOCK_FILE).is_file() and not _entries(run_dir):  # only the lock is left: prepare made the dir for it
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
