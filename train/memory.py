@@ -74,7 +74,9 @@ def state_bytes(cfg: RunConfig) -> tuple[float, float]:
     from train.step import state_shapes
 
     def sizes(n_layers: int) -> tuple[float, float]:
-        s = state_shapes(cfg.model.replace(n_layers=n_layers), cfg.train, cfg.seq_len)
+        # The shapes do not depend on the attention kernel; 'reference' needs no mesh (ring attention does).
+        model = cfg.model.replace(n_layers=n_layers, attention_impl="reference")
+        s = state_shapes(model, cfg.train, cfg.seq_len)
         return _nbytes(s.params), _nbytes(s.opt_state)
 
     n = cfg.model.n_layers
