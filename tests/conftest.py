@@ -20,10 +20,17 @@ for _flag in _fast_compile.split():
     if _flag.split("=")[0] not in _flags:  # the caller's own setting of a flag wins
         _flags = f"{_flags} {_flag}"
 os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count={DEVICES}".strip()
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax-test-cache"))
+CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax-test-cache")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2**30))  # least recently used entries go past 1 GiB
+CACHE_LIMIT = 2**30  # one suite's programs take ~30 MB; past 1 GiB of old versions' entries the cache starts afresh
+# (jax's own bound, JAX_COMPILATION_CACHE_MAX_SIZE, needs the filelock package and failed on entries made without it)
+if os.path.isdir(CACHE) and sum(e.stat().st_size for e in os.scandir(CACHE) if e.is_file()) > CACHE_LIMIT:
+    import shutil
+
+    shutil.rmtree(CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

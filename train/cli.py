@@ -7,9 +7,12 @@
     python -m train --resume runs/x train.steps=4000   # ... and train it for longer
     python -m train --config shakespeare-char-cpu mesh.data=2   # the batch split over 2 CPU devices (cores)
     python -m train --config finetune-shakespeare --init-from path/to/gpt2   # fine-tune a checkpoint (train/init_from.py)
+    python -m train --config my-run.toml train.lr=1e-3    # a JSON or TOML config file (train/config_file.py)
+    python -m train --config runs/x/config.json run_dir=runs/y   # run runs/x again from its saved config
+    python -m train --config shakespeare-char-cpu model.n_layers=2 --dump-config   # print the config, run nothing
 
-Overrides are ``SECTION.FIELD=VALUE`` (SECTION: model, data, train) or a top-level ``run_dir=``,
-``name=``, ``goal=``; values are parsed by the field's type (see train/config.py). A bad key,
+Overrides are ``SECTION.FIELD=VALUE`` (SECTION: model, data, train, mesh) or a top-level ``run_dir=``,
+``name=``, ``goal=``, ``sharding=``; values are parsed by the field's type (see train/config.py). A bad key,
 value, data file or run directory prints one line ``error: ...`` and exits with code 2.
 """
 
@@ -32,10 +35,17 @@ from train.config import (
     load_run_config,
     parse_goal,
 )
+from train.config_file import is_config_file, load_config_file
 from train.init_from import NEEDS_INIT_FROM
 
-EPILOG = """overrides: KEY=VALUE with KEY one of model.FIELD, data.FIELD, train.FIELD, run_dir, name, goal;
-values parsed by the field's type: 12, 3e-4, true/false, none, text.
+EPILOG = """overrides: KEY=VALUE with KEY one of
+  model.FIELD   the network (model/config.py ModelConfig), e.g. model.n_layers=4 model.attention_impl=chunked
+  data.FIELD    what it reads (train/data/ DataConfig), e.g. data.path=foo.txt data.level=gpt2
+  train.FIELD   how it is trained (train/config.py TrainConfig), e.g. train.lr=3e-4 train.steps=2000
+  mesh.FIELD    devices per mesh axis: mesh.data, mesh.fsdp, mesh.sequence, mesh.tensor (-1 = the rest)
+  sharding=     the rules table: dp, fsdp, tp, sp, fsdp_tp, fsdp_sp (model/sharding.py)
+  run_dir=  name=  goal=  (goal: e.g. 'val_loss <= 1.95')
+values parsed by the field's type: 12, 3e-4, true/false, none, text. --dump-config shows every field.
 example: python -m train --config shakespeare-char-cpu model.n_layers=2 train.lr=3e-4 data.path=foo.txt run_dir=runs/x"""
 
 
@@ -46,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help=f"preset name (default: {DEFAULT_PRESET}); --list shows them")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="PRESET|FILE",
+        help=f"preset name (default: {DEFAULT_PRESET}; --list shows them) or a .json/.toml config file",
+    )
+    p.add_argument("--dump-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument(
         "--resume",
         nargs="?",
@@ -74,12 +90,17 @@ def resolve(args: argparse.Namespace):
         raise RunDirError("--init-from starts a new run and --resume continues one: pass only one of them")
     if args.resume:  # a run directory: its saved config is the base
         cfg = load_run_config(args.resume)
+        if args.config is not None and is_config_file(args.config):
+            raise RunDirError(f"--resume continues {args.resume} from its saved config: drop --config {args.config}")
         if args.config is not None and args.config != cfg.name:
             raise RunDirError(
                 f"{args.resume} is a {cfg.name!r} run, not {args.config!r}: drop --config or start a new run_dir"
             )
         return apply_overrides(cfg, args.overrides).replace(run_dir=args.resume)
-    cfg = get_preset(args.config or DEFAULT_PRESET)
+    if args.config is not None and is_config_file(args.config):
+        cfg = load_config_file(args.config)
+    else:
+        cfg = get_preset(args.config or DEFAULT_PRESET)
     if init_from is None and args.config not in NEEDS_INIT_FROM:
         cfg = apply_overrides(cfg, args.overrides)
     else:
@@ -139,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = resolve(args)  # config errors surface here, before jax is imported
+        if args.dump_config:
+            print(cfg.to_json())
+            return 0
         configure_xla(cfg)
         from train.loop import train
 
