@@ -176,3 +176,27 @@ def test_runs_of_a_changed_sweep_are_refused(tmp_path):
     same = apply_overrides(get_preset("induction"), [*p.overrides(s), f"run_dir={run_dir}", "model.vocab_size=40"])
     (run_dir / "config.json").write_text(same.to_json())  # run_dir and a raised vocabulary do not count
     assert sw.stale_points(s, tmp_path, s.points()) == {}
+
+
+def test_slurm_script_for_a_gpu_sweep_has_the_requested_lines(tmp_path, capsys):
+    out, script = tmp_path / "sw", tmp_path / "gpu.slurm"
+    args = ["--config", "induction", "--grid", "train.lr=1e-3,3e-3,1e-2", "--out", str(out), "--slurm", str(script)]
+    gpu = ["--slurm-gpus", "2", "--slurm-partition", "a100", "--slurm-account", "lab42", "--slurm-mem", "64G"]
+    assert (
+        sw.main(args + gpu + ["--slurm-parallel", "3", "--sbatch=--qos=high", "--sbatch", "#SBATCH --exclusive"]) == 0
+    )
+    text = script.read_text()
+    sbatch = [line.removeprefix("#SBATCH ") for line in text.splitlines() if line.startswith("#SBATCH ")]
+    for want in ["--array=0-2%3", "--mem=64G", "--partition=a100", "--account=lab42", "--gpus-per-task=2"]:
+        assert want in sbatch, (want, sbatch)
+    assert sbatch[-2:] == ["--qos=high", "--exclusive"]
+    assert "JAX_PLATFORMS=cpu" not in text  # a GPU task lets jax find its GPUs
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+    cpu = tmp_path / "cpu.slurm"
+    assert sw.main([*args[:-1], str(cpu)]) == 0
+    assert "--gpus-per-task" not in cpu.read_text() and "JAX_PLATFORMS=cpu python" in cpu.read_text()
+
+    capsys.readouterr()
+    assert sw.main([*args, "--sbatch", "qos=high"]) == 2  # not an option: one line, no script
+    assert "give one option such as --qos=high" in capsys.readouterr().err

@@ -35,8 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", type=int, action="append", default=None, help="run only this point index (repeatable)")
     p.add_argument("--print-commands", action="store_true", help="print one `python -m train` line per point and exit")
     p.add_argument("--slurm", default=None, metavar="FILE", help="write a SLURM array script and exit")
-    p.add_argument("--slurm-cpus", type=int, default=4)
-    p.add_argument("--slurm-time", default="02:00:00")
+    p.add_argument("--slurm-cpus", type=int, default=4, metavar="N", help="CPUs per task (default 4)")
+    p.add_argument("--slurm-mem", default="8G", help="memory per task (default 8G)")
+    p.add_argument("--slurm-time", default="02:00:00", help="time limit per task (default 02:00:00)")
+    p.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per task (default 0: CPU only)")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-account", default=None)
+    p.add_argument("--slurm-parallel", type=int, default=32, metavar="N", help="tasks running at once (default 32)")
+    p.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="one more #SBATCH line, e.g. --sbatch=--qos=high",
+    )
     p.add_argument("--report", action="store_true", help="only collect the results, table and plots")
     p.add_argument("--dry-run", action="store_true", help="list the points and check their configs, train nothing")
     return p
@@ -72,7 +84,20 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             write_spec(sweep, out)
             script = Path(args.slurm)
-            script.write_text(slurm_script(sweep, out, script, cpus=args.slurm_cpus, time_limit=args.slurm_time))
+            text = slurm_script(
+                sweep,
+                out,
+                script,
+                cpus=args.slurm_cpus,
+                mem=args.slurm_mem,
+                time_limit=args.slurm_time,
+                parallel=args.slurm_parallel,
+                gpus=args.slurm_gpus,
+                partition=args.slurm_partition,
+                account=args.slurm_account,
+                extra=args.sbatch,
+            )
+            script.write_text(text)
             print(f"wrote {script} ({len(sweep.points())} tasks); submit with: sbatch {script}")
             return 0
         if args.dry_run:

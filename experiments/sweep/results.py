@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common import eval_records, markdown_table, pyplot
-from experiments.sweep.spec import SPEC_FILE, Point, Sweep, is_finished, run_dir_of, short_names, status_path
+from experiments.sweep.spec import (
+    SPEC_FILE,
+    Point,
+    Sweep,
+    SweepError,
+    is_finished,
+    run_dir_of,
+    short_names,
+    status_path,
+)
 from train.files import read_json, write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +169,7 @@ SLURM_TEMPLATE = """#!/bin/bash
 {extra}
 set -euo pipefail
 cd {repo}
-{python} -m experiments.sweep --spec {spec} --point "$SLURM_ARRAY_TASK_ID"
+{platform}{python} -m experiments.sweep --spec {spec} --point "$SLURM_ARRAY_TASK_ID"
 """
 
 
@@ -173,12 +182,26 @@ def slurm_script(
     mem: str = "8G",
     time_limit: str = "02:00:00",
     parallel: int = 32,
+    gpus: int = 0,
+    partition: str | None = None,
+    account: str | None = None,
     extra: Sequence[str] = (),
     python: str = "python",
 ) -> str:
-    """The text of a SLURM array script running every point of ``sweep`` (spec at OUT/sweep.json)."""
+    """The text of a SLURM array script running every point of ``sweep`` (spec at OUT/sweep.json).
+
+    ``gpus`` > 0 asks for that many GPUs per task (``--gpus-per-task``) and lets jax pick them
+    (JAX_PLATFORMS unset; the environment needs ``jax[cuda12]``); ``extra`` are more ``#SBATCH``
+    lines, given with or without the ``#SBATCH`` prefix (``--qos=high``, ``--constraint=a100``).
+    """
     n = len(sweep.points())
     job = re.sub(r"[^A-Za-z0-9_.-]", "-", sweep.name)
+    lines = [f"--partition={partition}"] * bool(partition) + [f"--account={account}"] * bool(account)
+    lines += [f"--gpus-per-task={gpus}"] * (gpus > 0)
+    lines += [e.removeprefix("#SBATCH").strip() for e in extra]
+    for line in lines:
+        if "\n" in line or not line.startswith("-"):
+            raise SweepError(f"#SBATCH line {line!r}: give one option such as --qos=high")
     return SLURM_TEMPLATE.format(
         name=sweep.name,
         n=n,
@@ -192,6 +215,7 @@ def slurm_script(
         mem=mem,
         time=time_limit,
         out=out,
-        extra="\n".join(f"#SBATCH {e}" for e in extra),
+        extra="\n".join(f"#SBATCH {e}" for e in lines),
+        platform="" if gpus > 0 else "JAX_PLATFORMS=cpu ",
         repo=shlex.quote(str(REPO_ROOT)),
     )
