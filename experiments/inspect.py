@@ -170,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     best = max(rows, key=lambda r: r[4])
     print(f"induction head (best prefix matching): {best[0]} with score {best[4]:.3f}")
-    from train.report import plot_attention
+    from train.report import excerpt, plot_attention
 
     labels = [decode([int(i)]) for i in ids]
-    title = f"{args.source}: {args.prompt[:40]!r}"
+    title = f"{args.source}: {excerpt(args.prompt, 40)}"
     plot_attention(res["patterns"], labels, out_dir / "patterns.png", title, ticks=True, dpi=120)  # the run's plot
     draw_heatmaps(res["scores"], out_dir / "heads.png")
     lines = [f"# inspect {args.source}", "", f"prompt: `{args.prompt}` ({ids.size} tokens)", "", table, ""]

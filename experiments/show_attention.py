@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.report import join_labels, plot_attention
+from train.report import excerpt, join_labels, plot_attention
 
 
 def patterns_for_prompt(run_dir: str | Path, prompt: str, step: int | None = None, *, bpe_dir: str | None = None):
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or Path(args.run_dir) / "attention_prompt.png"
-    title = f"{cfg.name}: {cfg.model.n_layers} layers x {cfg.model.n_heads} heads on {join_labels(labels)[:60]!r}"
+    title = f"{cfg.name}: {cfg.model.n_layers} layers x {cfg.model.n_heads} heads on {excerpt(join_labels(labels), 60)}"
     plot_attention(pat, labels, out, title, ticks=True, dpi=120)  # the run's attention plot, with token ticks
     print(f"wrote {out} ({pat.shape[0]} layers x {pat.shape[1]} heads, {pat.shape[2]} tokens)")
     return 0

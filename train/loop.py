@@ -55,7 +55,16 @@ from train.checkpoint import CHECKPOINT_DIR, Checkpointer
 from train.config import CONFIG_FILE, ConfigError, RunConfig, RunDirError, SetupError, goal_met, load_run_config
 from train.distributed import sharding_plan
 from train.files import read_jsonl, write_atomic
-from train.report import METRICS_FILE, MetricsLog, NoLog, join_labels, plot_attention, plot_losses, write_summary
+from train.report import (
+    METRICS_FILE,
+    MetricsLog,
+    NoLog,
+    excerpt,
+    join_labels,
+    plot_attention,
+    plot_losses,
+    write_summary,
+)
 from train.rundir import SETUP_MARKER, discard_unstarted, prepare
 from train.signals import SignalCatcher
 from train.step import build_steps
@@ -372,7 +381,7 @@ def _report(run: _Run, steps, done: _Loop, t_start: float, plots: bool) -> RunRe
             patterns = jax.jit(lambda p, x: attention_patterns(steps.model, p, x))(done.state.params, val["inputs"])
             pattern = np.asarray(patterns)[:, 0]  # [L, H, T, T] of the one sequence
             labels = [ds.decode([int(t)]) for t in val["inputs"][0]]
-            title = f"{cfg.name}: attention patterns on {join_labels(labels)[:80]!r}"
+            title = f"{cfg.name}: attention patterns on {excerpt(join_labels(labels), 80)}"
             files["attention_plot"] = plot_attention(pattern, labels, run_dir / "attention.png", title)
         summary = {"step": done.step, "final": final, "goal": cfg.goal, "success": success, "stats": stats}
         files["summary"] = write_summary(run_dir, summary)

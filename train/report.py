@@ -113,7 +113,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax = axes[1]
     for split, style in [("train", "o-"), ("val", "s-")]:
         ax.plot([r["step"] for r in evals], [r[f"{split}_accuracy"] for r in evals], style, ms=3, label=split)
-    ax.set(xlabel="step", ylabel="accuracy on masked positions", title=f"{title}: accuracy", ylim=(0, 1))
+    ax.set(xlabel="step", ylabel="next-token accuracy (scored positions)", title=f"{title}: accuracy", ylim=(0, 1))
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -127,6 +127,13 @@ def join_labels(labels: list[str]) -> str:
     return "".join(labels) if all(len(s) == 1 for s in labels) else " ".join(labels)
 
 
+def excerpt(text: str, limit: int) -> str:
+    """``text`` quoted for a title, cut to ``limit`` characters with a note saying so when it is longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... (the first {limit} of {len(text)} characters)"
+
+
 def _tick(label: str) -> str:
     return {"\n": "\\n", " ": "␣", "\t": "\\t"}.get(label, label)
 
@@ -138,28 +145,29 @@ def plot_attention(
 
     ``title`` is the figure's whole title. ``ticks``: label the axes with the tokens ``labels`` (when
     there are at most TICK_LIMIT of them), with panels sized to the sequence; otherwise fixed-size
-    panels without ticks (a run's attention.png).
+    panels with position ticks (a run's attention.png). One colour bar gives the weights' scale (0 to 1).
     """
     plt = _pyplot()
     n_layers, n_heads, t, _ = patterns.shape
     size = 2.2 + 0.06 * min(t, TICK_LIMIT) if ticks else 2.6
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(size * n_heads, size * n_layers), squeeze=False)
+    fig, axes = plt.subplots(
+        n_layers, n_heads, figsize=(size * n_heads + 1.0, size * n_layers), squeeze=False, layout="constrained"
+    )
     names = [_tick(s) for s in labels]
     for layer in range(n_layers):
         for head in range(n_heads):
             ax = axes[layer, head]
-            ax.imshow(patterns[layer, head], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            image = ax.imshow(patterns[layer, head], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_title(f"layer {layer} head {head}", fontsize=8)
             if ticks and t <= TICK_LIMIT:
                 ax.set_xticks(range(t), names, fontsize=5, rotation=90)
                 ax.set_yticks(range(t), names, fontsize=5)
-            else:
-                ax.set_xticks([])
-                ax.set_yticks([])
-    axes[-1, 0].set_xlabel("key position")
-    axes[-1, 0].set_ylabel("query position")
+            else:  # positions: matplotlib's integer ticks
+                ax.tick_params(labelsize=6)
+    axes[-1, 0].set_xlabel("key position" if not ticks or t > TICK_LIMIT else "key token")
+    axes[-1, 0].set_ylabel("query position" if not ticks or t > TICK_LIMIT else "query token")
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
