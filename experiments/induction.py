@@ -48,34 +48,13 @@ from model.config import ModelConfig
 from model.transformer import attention_patterns
 from train.config import RunConfig, TrainConfig
 from train.data import DataConfig, Dataset, build_dataset
+from train.data.synthetic import shifted_induction_sequences
 
 NAME = "induction"
 POSITIONS = "rotary"  # relative offsets (previous token) are one rotation: the circuit forms fast
 
 
 # ---------------------------------------------------------------------------- the shifted-repeat task
-def shifted_induction_sequences(
-    rng: np.random.Generator, batch_size: int, seq_len: int, vocab_size: int, min_period: int
-):
-    """BOS, noise of length T - 2L, then r_0..r_{L-1} twice, with L uniform in [min_period, T // 2] per row.
-
-    Returns (tokens [B, T+1] int64, loss_mask [B, T] float32, period [B] int64). The mask is 1 on the
-    input positions of the second copy whose target is in it too (r_0 .. r_{L-2} as inputs): exactly
-    the positions predictable by induction. BOS = vocab_size.
-    """
-    t = seq_len
-    period = rng.integers(min_period, t // 2 + 1, size=batch_size)  # [B] L
-    start2 = 1 + (t - 2 * period) + period  # [B] position of the second copy's first token
-    seqs = rng.integers(0, vocab_size, size=(batch_size, t + 1))  # [B, T+1] noise and first copy
-    seqs[:, 0] = vocab_size
-    pos = np.arange(t + 1)[None, :]  # [1, T+1]
-    second = pos >= start2[:, None]
-    src = np.where(second, pos - period[:, None], pos)  # the second copy reads the first
-    seqs = np.take_along_axis(seqs, src, axis=1)
-    mask = (np.arange(t)[None, :] >= start2[:, None]).astype(np.float32)  # inputs t in [start2, T-1]
-    return seqs, mask, period
-
-
 class ShiftedInduction(Dataset):
     """The shifted-repeat induction task behind train/data.py's Dataset interface (batches a pure function of step)."""
 

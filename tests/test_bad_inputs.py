@@ -228,7 +228,7 @@ CASES = [
         "induction prompt with an id outside the vocabulary",
         "sample",
         ("{run}", "--prompt", "1 99"),
-        "prompt ids must be in [0, 17)",
+        "prompt ids must be in [0, 65)",
     ),
     Case(
         "sample-char-outside-vocab",

@@ -152,7 +152,7 @@ def die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     tune_host()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides before or after the flags
     if args.list:
         for name, fn in PRESETS.items():
             print(f"{name:22s} {(fn.__doc__ or '').strip().splitlines()[0]}")
@@ -209,6 +209,8 @@ def report(result) -> None:
             f"speed: median {s['ms_per_step_median']:.2f} ms/step, {s['tokens_per_s']:,.0f} tokens/s "
             f"({s['tokens_per_step']} tokens/step; compile {s['compile_s']:.1f} s, wall {s['wall_s']:.1f} s)"
         )
+    if result.heads:
+        print_heads(result.heads)
     goal = result.config.goal
     if result.success is None:
         print("success criterion: none set (goal=...)")
@@ -217,3 +219,16 @@ def report(result) -> None:
         verdict = "MET" if result.success else "NOT MET"
         print(f"success criterion {goal}: {verdict} ({name} = {result.final[name]:.4f})")
     print(f"sample from it: python -m train.sample {d} --prompt ... --max-new-tokens 200")
+
+
+def print_heads(heads: dict) -> None:
+    """The head detectors' table (summary.json 'heads') and the induction head it names."""
+    kinds = [k for k in heads if k != "induction_head"]
+    print("head detectors (model/detectors.py, on repeated random tokens):")
+    print("  head  " + "  ".join(f"{k:>16s}" for k in kinds))
+    for layer, row in enumerate(heads[kinds[0]]):
+        for head in range(len(row)):
+            print(f"  L{layer}H{head}  " + "  ".join(f"{heads[k][layer][head]:16.3f}" for k in kinds))
+    best = heads["induction_head"]
+    verdict = "an induction head" if best["score"] >= 0.5 else "no induction head yet (score < 0.5)"
+    print(f"induction head: L{best['layer']}H{best['head']}, prefix-matching score {best['score']:.3f}: {verdict}")

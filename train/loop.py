@@ -86,6 +86,7 @@ class RunResult:
     interrupted: str | None  # 'SIGINT' / 'SIGTERM' / 'stop_after' if stopped early, else None
     stats: dict[str, float]  # timings: compile_s, train_s, ms_per_step_median, tokens_per_s ...
     files: dict[str, Path]
+    heads: dict | None = None  # induction tasks: the head detectors' scores and the induction head (summary.json)
 
 
 # ====================================================================== evaluation
@@ -160,6 +161,19 @@ class _Run:
     put: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]  # host batch -> device batch
     metrics_log: MetricsLog
     created: bool = False  # this process created run_dir (a fresh run)
+
+
+INDUCTION_TASKS = ("induction", "shifted_induction")  # runs that end with the head detectors' table
+
+
+def head_detectors(model, params, seq_len: int) -> dict:
+    """The detectors' ``[L][H]`` scores (model/detectors.py) on repeated random tokens, and the best induction head."""
+    from model.detectors import detector_table
+
+    table = {k: np.asarray(v).round(4).tolist() for k, v in detector_table(model, params, jax.random.key(0)).items()}
+    scores = np.asarray(table["prefix_matching"])
+    layer, head = np.unravel_index(int(scores.argmax()), scores.shape)
+    return {**table, "induction_head": {"layer": int(layer), "head": int(head), "score": float(scores.max())}}
 
 
 def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
@@ -384,8 +398,11 @@ def _report(run: _Run, steps, done: _Loop, t_start: float, plots: bool) -> RunRe
             title = f"{cfg.name}: attention patterns on {excerpt(join_labels(labels), 80)}"
             files["attention_plot"] = plot_attention(pattern, labels, run_dir / "attention.png", title)
         summary = {"step": done.step, "final": final, "goal": cfg.goal, "success": success, "stats": stats}
+        if cfg.data.task in INDUCTION_TASKS and jax.process_count() == 1:
+            summary["heads"] = head_detectors(steps.model, done.state.params, cfg.seq_len)
         files["summary"] = write_summary(run_dir, summary)
-    return RunResult(run_dir, cfg, done.step, final, success, done.interrupted, stats, files)
+    heads = summary.get("heads") if done.interrupted is None else None
+    return RunResult(run_dir, cfg, done.step, final, success, done.interrupted, stats, files, heads)
 
 
 def _train(

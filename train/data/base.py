@@ -23,7 +23,7 @@ import numpy as np
 from model.config_base import ConfigBase
 from train.data.tokenizers import TOKENIZERS
 
-TASK_NAMES = ("text", "induction", "mqar", "copy")
+TASK_NAMES = ("text", "induction", "shifted_induction", "mqar", "copy")
 LEVELS = tuple(TOKENIZERS)  # the text tokenizers by name: ("char", "byte", "gpt2")
 SPLITS = {"train": 0, "val": 1}  # the split's id enters the seed, so train and val never share a stream
 VOCAB_FILE = "vocab.json"  # the file in a run directory that carries the vocabulary
@@ -34,7 +34,7 @@ VOCAB_FILE = "vocab.json"  # the file in a run directory that carries the vocabu
 class DataConfig(ConfigBase):
     """What the model reads: a text corpus or a synthetic task. Validated on construction."""
 
-    task: str = "induction"  # 'text' | 'induction' | 'mqar' | 'copy'
+    task: str = "induction"  # 'text' | 'induction' | 'shifted_induction' | 'mqar' | 'copy'
     # text: a local text file; None -> tiny Shakespeare (see resolve_text_path). Also token ids already
     # encoded (train/data/tokens.py): a .npy array, or a directory holding nanoGPT's train.bin + val.bin (uint16)
     path: str | None = None

@@ -1,5 +1,5 @@
 """Synthetic recall tasks (the table :data:`TASKS`): ``induction`` (repeated random tokens, Olsson et al.
-2022), ``mqar`` (multi-query associative recall, Arora et al. 2023, "Zoology") and ``copy``; each has a
+2022), ``shifted_induction`` (the repeat at a random place, with a random period: the main job), ``mqar`` (multi-query associative recall, Arora et al. 2023, "Zoology") and ``copy``; each has a
 loss mask on the positions whose target is predictable from the context.
 """
 
@@ -34,6 +34,37 @@ def induction_sequences(rng: np.random.Generator, batch_size: int, seq_len: int,
     mask = np.zeros((batch_size, seq_len), np.float32)
     mask[:, half + 1 :] = 1.0
     return seqs, mask
+
+
+def shifted_induction_sequences(
+    rng: np.random.Generator, batch_size: int, seq_len: int, vocab_size: int, min_period: int | None = None
+):
+    """BOS, noise of length T - 2L, then r_0..r_{L-1} twice, with L uniform in [min_period, T // 2] per row.
+
+    Returns (tokens [B, T+1] int64, loss_mask [B, T] float32, period [B] int64). The mask is 1 on the
+    input positions of the second copy whose target is in it too (r_0 .. r_{L-2} as inputs): exactly
+    the positions predictable by induction. BOS = vocab_size. ``min_period`` defaults to max(2, T // 4).
+
+    Because the repeat starts at a different place in every row, no head can find the earlier copy by
+    position: only the two-layer induction circuit (a previous-token head, then a head matching the
+    current token against the keys' previous tokens) predicts it (experiments/induction.py).
+    """
+    t = seq_len
+    min_period = max(2, t // 4) if min_period is None else min_period
+    period = rng.integers(min_period, t // 2 + 1, size=batch_size)  # [B] L
+    start2 = 1 + (t - 2 * period) + period  # [B] position of the second copy's first token
+    seqs = rng.integers(0, vocab_size, size=(batch_size, t + 1))  # [B, T+1] noise and first copy
+    seqs[:, 0] = vocab_size
+    pos = np.arange(t + 1)[None, :]  # [1, T+1]
+    second = pos >= start2[:, None]
+    src = np.where(second, pos - period[:, None], pos)  # the second copy reads the first
+    seqs = np.take_along_axis(seqs, src, axis=1)
+    mask = (np.arange(t)[None, :] >= start2[:, None]).astype(np.float32)  # inputs t in [start2, T-1]
+    return seqs, mask, period
+
+
+def _shifted_induction_task(rng: np.random.Generator, batch_size: int, seq_len: int, vocab_size: int):
+    return shifted_induction_sequences(rng, batch_size, seq_len, vocab_size)[:2]
 
 
 def copy_sequences(rng: np.random.Generator, batch_size: int, seq_len: int, vocab_size: int):
@@ -99,6 +130,7 @@ def mqar_sequences(rng: np.random.Generator, batch_size: int, seq_len: int, voca
 # and the shortest seq_len it supports.
 TASKS: dict[str, dict[str, Any]] = {
     "induction": {"fn": induction_sequences, "specials": ("bos",), "min_len": lambda cfg: 3},
+    "shifted_induction": {"fn": _shifted_induction_task, "specials": ("bos",), "min_len": lambda cfg: 4},
     "copy": {"fn": copy_sequences, "specials": ("sep",), "min_len": lambda cfg: 2},
     "mqar": {"fn": mqar_sequences, "specials": (), "min_len": lambda cfg: 4 * cfg.n_pairs},
 }
