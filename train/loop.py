@@ -213,6 +213,7 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
             f"cannot write the run directory {run_dir} ({e.strerror or e}): choose another run_dir"
         ) from None
     metrics_log = (MetricsLog if writer else NoLog)(run_dir / METRICS_FILE)
+    scope.callback(metrics_log.close)  # the TensorBoard writer's file, however the run ends
     return _Run(cfg, run_dir, ds, resuming, state_sharding, batch_sharding, put, metrics_log, created)
 
 

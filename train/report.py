@@ -22,6 +22,7 @@ from train.files import _warn, parse_jsonl, read_jsonl, write_atomic, write_json
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"  # the run's TensorBoard event files: tensorboard --logdir runs/
 TICK_LIMIT = 48  # plot_attention(ticks=True) labels the axes with the tokens up to this many tokens
 
 
@@ -37,9 +38,15 @@ class MetricsLog:
     def __init__(self, path: Path, warn: Callable[[str], None] = _warn):
         self.path = path
         self.warn = warn
+        self.events = None  # the TensorBoard writer, opened by truncate_after (where the run's first step is known)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records with step > ``step`` (logged after the checkpoint a run resumes from); step < 0 drops all."""
+        """Drop records with step > ``step`` (logged after the checkpoint a run resumes from); step < 0 drops all.
+
+        The TensorBoard events (RUN_DIR/tensorboard/) are cut at the same step: the writer opens with
+        ``purge_step=step + 1``, so a resumed run's curves continue without the steps it trains again.
+        """
+        self.open_events(step + 1)
         if not self.path.exists():
             return
         text = self.path.read_text(errors="replace")
@@ -56,9 +63,28 @@ class MetricsLog:
         if new != text:
             write_atomic(self.path, new)
 
+    def open_events(self, purge_step: int) -> None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # JSONL stays the record; the events are a view of it
+            return
+        self.close()
+        self.events = SummaryWriter(str(self.path.parent / TENSORBOARD_DIR), purge_step=purge_step)
+
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            kind, step = record.get("kind", "train"), record.get("step", 0)
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, int | float) and not isinstance(value, bool):
+                    self.events.add_scalar(f"{kind}/{key}", value, step)
+            self.events.flush()
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
     def read(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path, self.warn)
@@ -71,6 +97,9 @@ class NoLog(MetricsLog):
         pass
 
     def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def read(self) -> list[dict[str, Any]]:
