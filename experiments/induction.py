@@ -45,7 +45,7 @@ import numpy as np
 
 from experiments.common import Claim, Report, command_line, default_out, experiment_parser, finish, pyplot, save_figure
 from model.config import ModelConfig
-from model.transformer import attention_patterns
+from model.transformer import attention_patterns, token_losses
 from train.config import RunConfig, TrainConfig
 from train.data import DataConfig, Dataset, build_dataset
 from train.data.synthetic import shifted_induction_sequences
@@ -222,8 +222,7 @@ def analyse(model, params, batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """
     inputs = jnp.asarray(batch["inputs"])
     logits = model.apply({"params": params}, inputs)  # [B, T, V]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    loss = -np.asarray(jnp.take_along_axis(logp, jnp.asarray(batch["targets"])[..., None], axis=-1)[..., 0])  # [B, T]
+    loss = np.asarray(token_losses(logits, jnp.asarray(batch["targets"])))  # [B, T]
     pat = np.asarray(attention_patterns(model, params, inputs))  # [L, B, H, T, T]
     b, t = batch["inputs"].shape
     mask = batch["loss_mask"] > 0

@@ -74,10 +74,10 @@ def parse_heads(specs: list[str], n_layers: int, n_heads: int) -> list[tuple[int
 
 
 def losses_per_position(logits, tokens) -> np.ndarray:
-    import jax
+    """The first sequence's next-token loss at each position ``[T - 1]`` (model.transformer.token_losses)."""
+    from model.transformer import token_losses
 
-    logp = jax.nn.log_softmax(np.asarray(logits[:, :-1], np.float32))
-    return -np.take_along_axis(np.asarray(logp), np.asarray(tokens)[:, 1:, None], -1)[0, :, 0]
+    return np.asarray(token_losses(logits[:, :-1], np.asarray(tokens)[:, 1:]))[0]
 
 
 def inspect(model, params, ids: np.ndarray, *, ablate=(), seed: int = 0, batch: int = 8) -> dict:

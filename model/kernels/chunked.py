@@ -37,7 +37,7 @@ it multiplies the float32 scores), which saves a pass over every score block; th
 each block transposed (keys x queries) so that dv = p^T do and dk = ds^T q contract the lhs's last axis,
 and gets dq^T = k^T ds^T from k stored transposed, so that all five matmuls of a block are plain
 (N, N) or (N, T) products, which XLA:CPU hands to its fast matmul library (a matmul contracting the
-lhs's second-to-last axis is not, and ran ~1.6x slower); the scale is applied to dq (and dk) once at
+lhs's second-to-last axis is not, and is slower); the scale is applied to dq (and dk) once at
 the end.
 
 Per-device code: the kernel runs unchanged under ``jax.pmap``, ``vmap`` and inside ``jax.shard_map``
