@@ -160,6 +160,8 @@ def test_wandb_offline_writes_its_run_directory_with_the_scalars(tmp_path, monke
     (offline,) = (tmp_path / "a" / "wandb").glob("offline-run-*")
     run_id = (tmp_path / "a" / "wandb" / "wandb-id").read_text().strip()
     (records,) = offline.glob(f"run-{run_id}.wandb")
+    kinds = [record_type(r) for r in wandb_records(records)]
+    assert kinds[0] == "header" and kinds[-1] == "exit"  # complete when the run has returned
     history = wandb_history(records)
     want = jsonl_scalars(tmp_path / "a")
     for tag, points in want.items():
@@ -189,14 +191,23 @@ def wandb_records(path: Path) -> list[bytes]:
     return records
 
 
-def wandb_history(path: Path) -> dict[int, dict]:
-    """step -> the values logged at it, from an offline run's .wandb file (wandb's own protobuf records)."""
+def wandb_record(data: bytes):
     from wandb.proto import wandb_internal_pb2
 
+    rec = wandb_internal_pb2.Record()
+    rec.ParseFromString(data)
+    return rec
+
+
+def record_type(data: bytes) -> str:
+    return wandb_record(data).WhichOneof("record_type")
+
+
+def wandb_history(path: Path) -> dict[int, dict]:
+    """step -> the values logged at it, from an offline run's .wandb file (wandb's own protobuf records)."""
     out: dict[int, dict] = {}
     for data in wandb_records(path):
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
+        rec = wandb_record(data)
         if rec.WhichOneof("record_type") != "history":
             continue
         items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}

@@ -100,6 +100,9 @@ class _Wandb:
 
     def close(self) -> None:
         self.run.finish()
+        # finish() returns before wandb's service has written the run's file (seen: an empty .wandb right after
+        # it); shutting the service down waits for that, so RUN_DIR/wandb/ is complete when train() returns
+        self.wandb.teardown()
 
 
 def wandb_available() -> bool:
