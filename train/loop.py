@@ -287,7 +287,7 @@ class _Loop:
     compile_s: float
 
 
-def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *, progress, stop_after, signals):
+def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *, progress, stop_after, signals, scope):
     """Phase 3: train from ``start`` to ``train.steps`` (or a signal, or ``stop_after``), logging, evaluating, saving."""
     cfg, ds, put, metrics_log, profiler = run.cfg, run.ds, run.put, run.metrics_log, run.profiler
     tc, seq_len = cfg.train, cfg.seq_len
@@ -299,6 +299,7 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *
     compile_s = 0.0
 
     bar = Progress(tc.steps, start, disable=(not progress) if progress is not None else None)
+    scope.callback(bar.close)  # its clock thread stops however the run ends
     if start == 0:
         final = evaluate(eval_step, state.params, ds, cfg, put)
         metrics_log.write({"step": 0, "kind": "eval", **final})
@@ -478,7 +479,8 @@ def _train(
             discard_unstarted(run.run_dir, run.created)
         raise
     t_start = time.perf_counter()
-    done = _hot_loop(run, steps, ckpt, state, start, counts, progress=progress, stop_after=stop_after, signals=signals)
+    loop = {"progress": progress, "stop_after": stop_after, "signals": signals, "scope": scope}
+    done = _hot_loop(run, steps, ckpt, state, start, counts, **loop)
     return _report(run, steps, done, t_start, plots)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -337,7 +338,8 @@ class Progress:
 
     The first step compiles (seconds to minutes), so a rate counted from the bar's start would promise an
     ETA of (steps) x (compile time). Until :meth:`compiled` the bar shows only "compiling" and the time
-    spent; :meth:`compiled` replaces it (the compiling line is erased) by a bar that starts counting then.
+    spent, redrawn every second by a thread (the main thread is inside XLA); :meth:`compiled` replaces it (the
+    compiling line is erased) by a bar that starts counting then.
     ``disable``: tqdm's (None: only on a terminal); ``file``: where the bar is drawn (tqdm's default: stderr).
     """
 
@@ -355,9 +357,23 @@ class Progress:
             file=file,
         )
         self.compiling = True
+        self._done = threading.Event()
+        self._clock = threading.Thread(target=self._tick, name="progress-clock", daemon=True)
+        if not self.bar.disable:
+            self._clock.start()
+
+    def _tick(self) -> None:
+        while not self._done.wait(1.0):
+            self.bar.refresh()
+
+    def _stop_clock(self) -> None:
+        self._done.set()
+        if self._clock.is_alive():
+            self._clock.join()
 
     def compiled(self) -> None:
         """The first step is done: the bar counts it and shows the rate and ETA of the steps from here on."""
+        self._stop_clock()
         done = self.bar.n + 1
         self.bar.close()
         self.bar = self._tqdm(total=self.total, initial=done, unit="step", disable=self.disable, file=self.file)
@@ -373,6 +389,7 @@ class Progress:
         self.bar.write(text)
 
     def close(self) -> None:
+        self._stop_clock()
         self.bar.close()
 
 
