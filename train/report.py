@@ -401,7 +401,8 @@ class StepProfiler:
     marked (``StepTraceAnnotation('train', step_num=n)``, the profile plugin's step view). :meth:`after`
     waits for step STOP and stops the trace, which jax writes as
     ``directory/plugins/profile/<time>/<host>.xplane.pb`` (TensorBoard's profile plugin) and
-    ``perfetto_trace.json.gz`` beside it (ui.perfetto.dev). A resumed run traces what is left of the window.
+    ``perfetto_trace.json.gz`` beside it (ui.perfetto.dev). A resumed run traces what is left of the window;
+    a multi-process run traces process 0 (train/loop.py passes no window to the others).
     """
 
     def __init__(self, window: tuple[int, int] | None, directory: Path):
