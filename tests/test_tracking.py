@@ -95,6 +95,7 @@ def test_resuming_a_finished_run_for_more_steps_continues_the_curves(tmp_path, m
     assert [s for s, _ in got["train/loss"]] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow  # two runs
 def test_a_sweep_shows_its_runs_side_by_side(tmp_path):
     """``tensorboard --logdir OUT``: one TensorBoard run per sweep point, named by the point's id."""
     from experiments import sweep as sw
