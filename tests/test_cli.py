@@ -88,3 +88,11 @@ def test_list_and_help(tmp_path):
     assert listing.returncode == 0 and "shakespeare-char-cpu" in listing.stdout and "induction" in listing.stdout
     helptext = run(["--help"], tmp_path)
     assert helptext.returncode == 0 and "model.n_layers=2 train.lr=3e-4" in helptext.stdout
+    from train.config import SECTIONS, TOP_LEVEL
+
+    assert {"mesh", "model", "data", "train"} <= set(SECTIONS) and "sharding" in TOP_LEVEL
+    for key in [f"{s}.FIELD" for s in SECTIONS] + [f"{t}=" for t in TOP_LEVEL]:
+        assert key in helptext.stdout, key  # every override section and top-level key
+    assert "mesh.data, mesh.fsdp, mesh.sequence, mesh.tensor" in helptext.stdout
+    assert "dp, fsdp, tp, sp, fsdp_tp, fsdp_sp" in helptext.stdout
+    assert "train.profile=10:12" in helptext.stdout and "--wandb" in helptext.stdout

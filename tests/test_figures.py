@@ -31,3 +31,30 @@ def test_attention_figure_has_a_colour_bar_and_labelled_ticks(tmp_path, monkeypa
     else:  # positions
         assert ticklabels and all(s.lstrip("−-").isdigit() for s in ticklabels if s)
         assert panels[3].get_xlabel() == "key position"
+
+
+def test_the_progress_bar_says_compiling_until_the_first_step_ends():
+    """The ETA counts the steps' own rate, not the compilation's: 1.5 s of compiling, then 5 steps of 10 ms."""
+    import io
+    import re
+    import time
+
+    from train.report import Progress
+
+    out = io.StringIO()
+    bar = Progress(1000, 0, disable=False, file=out)
+    time.sleep(1.5)  # the first step: compiling (the bar's clock redraws it every second meanwhile)
+    compiling = out.getvalue()
+    assert "compiling (the first step): 0/1000 steps [00:01]" in compiling
+    assert "<" not in compiling and "/s" not in compiling  # no ETA, no rate while it compiles
+    bar.compiled()
+    for _ in range(5):
+        time.sleep(0.01)
+        bar.update(1)
+    bar.close()
+    final = out.getvalue()[len(compiling) :].split("\r")[-1]
+    assert re.search(r" 6/1000 \[", final), final
+    eta = re.search(r"<(\d+):(\d+),", final)
+    # counted from the start, 6 steps in 1.55 s would promise 994 x 0.26 s = 4 min; 10 ms steps take 10 s
+    assert eta is not None and 60 * int(eta[1]) + int(eta[2]) < 60, final
+    assert "step/s" in final or "s/step" in final

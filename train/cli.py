@@ -37,11 +37,13 @@ from train.config import (
 )
 from train.config_file import is_config_file, load_config_file
 from train.init_from import NEEDS_INIT_FROM
+from train.report import WANDB_MISSING, wandb_available
 
 EPILOG = """overrides: KEY=VALUE with KEY one of
   model.FIELD   the network (model/config.py ModelConfig), e.g. model.n_layers=4 model.attention_impl=chunked
   data.FIELD    what it reads (train/data/ DataConfig), e.g. data.path=foo.txt data.level=gpt2
   train.FIELD   how it is trained (train/config.py TrainConfig), e.g. train.lr=3e-4 train.steps=2000
+                train.profile=10:12 writes a jax.profiler trace of steps 10..12 into RUN_DIR/profile/
   mesh.FIELD    devices per mesh axis: mesh.data, mesh.fsdp, mesh.sequence, mesh.tensor (-1 = the rest)
   sharding=     the rules table: dp, fsdp, tp, sp, fsdp_tp, fsdp_sp (model/sharding.py)
   run_dir=  name=  goal=  (goal: e.g. 'val_loss <= 1.95')
@@ -79,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list", action="store_true", help="list the presets and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log to Weights & Biases (pip install -e '.[wandb]'; WANDB_MODE=offline writes RUN_DIR/wandb/)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
     return p
 
@@ -163,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dump_config:
             print(cfg.to_json())
             return 0
+        if args.wandb and not wandb_available():
+            raise SetupError(WANDB_MISSING)
         configure_xla(cfg)
         from train.loop import train
 
@@ -170,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg,
             resume=args.resume is not None,
             progress=False if args.no_progress else None,
+            wandb=args.wandb,
             exit_on_early_signal=True,  # SIGINT/SIGTERM during set-up or compiling end the process at once
         )
     except SetupError as e:
@@ -191,6 +201,7 @@ def report(result) -> None:
         ("checkpoints", "checkpoints"),
         ("loss_plot", "loss curve"),
         ("attention_plot", "attention"),
+        ("profile", "profile"),
         ("summary", "summary"),
     ]:
         if key in result.files:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -78,6 +79,7 @@ class TrainConfig(ConfigBase):
     async_checkpoint: bool = True  # write checkpoints in a background thread while training goes on
     max_nonfinite: int = 5  # stop after this many steps in a row with a NaN/Inf loss or gradient (updates refused)
     memory_check: bool = True  # refuse a run whose estimated memory exceeds what is available (train/memory.py)
+    profile: str | None = None  # 'START:STOP': a jax.profiler trace of those steps (1 compiles) in RUN_DIR/profile/
 
     error = ConfigError  # ConfigBase's type and unknown-field checks raise this (not a field: no annotation)
 
@@ -114,6 +116,18 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"train.grad_clip={self.grad_clip}: must be >= 0 (or none to disable)")
         if self.seed < 0:
             raise ConfigError(f"train.seed={self.seed}: must be >= 0")
+        self.profile_steps  # noqa: B018  (validates train.profile)
+
+    @property
+    def profile_steps(self) -> tuple[int, int] | None:
+        """``train.profile`` as (START, STOP), the first and last step traced (None: no trace)."""
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", self.profile or "")
+        if self.profile is not None and (m is None or not 1 <= int(m[1]) <= int(m[2]) <= self.steps):
+            raise ConfigError(
+                f"train.profile={self.profile!r}: write it as START:STOP, the first and last step to trace, with "
+                f"1 <= START <= STOP <= train.steps={self.steps}, e.g. train.profile=10:12 (or none)"
+            )
+        return (int(m[1]), int(m[2])) if m else None
 
     @property
     def micro_batch_size(self) -> int:

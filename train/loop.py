@@ -12,6 +12,8 @@ A run directory holds::
     loss.png         training and evaluation loss (and accuracy) against step
     attention.png    the attention pattern of every head of every layer on one validation sequence
     summary.json     final metrics, the success criterion, timings
+    tensorboard/     every metrics record and both figures as TensorBoard events (wandb/ too with --wandb)
+    profile/         with train.profile=START:STOP, jax.profiler's trace of those steps
 
 (metrics.jsonl, summary.json and the plots are written by train/report.py.) ``_train`` runs four
 phases, one function each: ``_setup`` (run directory via train/rundir.py, data, mesh), ``_restore_or_init``,
@@ -57,8 +59,11 @@ from train.distributed import sharding_plan
 from train.files import read_jsonl, write_atomic
 from train.report import (
     METRICS_FILE,
+    PROFILE_DIR,
     MetricsLog,
     NoLog,
+    Progress,
+    StepProfiler,
     excerpt,
     join_labels,
     plot_attention,
@@ -160,6 +165,7 @@ class _Run:
     batch_sharding: Any
     put: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]  # host batch -> device batch
     metrics_log: MetricsLog
+    profiler: StepProfiler  # train.profile's trace (stopped by the run's scope however the run ends)
     created: bool = False  # this process created run_dir (a fresh run)
 
 
@@ -176,7 +182,7 @@ def head_detectors(model, params, seq_len: int) -> dict:
     return {**table, "induction_head": {"layer": int(layer), "head": int(head), "score": float(scores.max())}}
 
 
-def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
+def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding, wandb=False) -> _Run:
     """Phase 1: run directory, data, config, mesh; errors here are the user's (one line each, as SetupError)."""
     writer = jax.process_index() == 0  # only process 0 writes the run directory's files (Orbax coordinates itself)
     try:
@@ -212,9 +218,13 @@ def _setup(cfg, scope, *, resume, log, state_sharding, batch_sharding) -> _Run:
         raise RunDirError(
             f"cannot write the run directory {run_dir} ({e.strerror or e}): choose another run_dir"
         ) from None
-    metrics_log = (MetricsLog if writer else NoLog)(run_dir / METRICS_FILE)
-    scope.callback(metrics_log.close)  # the TensorBoard writer's file, however the run ends
-    return _Run(cfg, run_dir, ds, resuming, state_sharding, batch_sharding, put, metrics_log, created)
+    metrics_log = (MetricsLog if writer else NoLog)(
+        run_dir / METRICS_FILE, wandb=wandb, name=cfg.name, config=cfg.to_dict()
+    )
+    scope.callback(metrics_log.close)  # the TensorBoard writer's file (and the W&B run), however the run ends
+    profiler = StepProfiler(cfg.train.profile_steps if writer else None, run_dir / PROFILE_DIR)
+    scope.callback(profiler.stop)
+    return _Run(cfg, run_dir, ds, resuming, state_sharding, batch_sharding, put, metrics_log, profiler, created)
 
 
 def _check_restart(run: _Run, listing: list[str] | None, log: Callable[[str], None]) -> None:
@@ -277,11 +287,9 @@ class _Loop:
     compile_s: float
 
 
-def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *, progress, stop_after, signals):
+def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *, progress, stop_after, signals, scope):
     """Phase 3: train from ``start`` to ``train.steps`` (or a signal, or ``stop_after``), logging, evaluating, saving."""
-    from tqdm import tqdm
-
-    cfg, ds, put, metrics_log = run.cfg, run.ds, run.put, run.metrics_log
+    cfg, ds, put, metrics_log, profiler = run.cfg, run.ds, run.put, run.metrics_log, run.profiler
     tc, seq_len = cfg.train, cfg.seq_len
     train_step, eval_step = steps.train_step, steps.eval_step
     tokens_per_step = tc.batch_size * seq_len
@@ -290,7 +298,8 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *
     windows: list[tuple[int, float]] = []
     compile_s = 0.0
 
-    bar = tqdm(total=tc.steps, initial=start, unit="step", disable=(not progress) if progress is not None else None)
+    bar = Progress(tc.steps, start, disable=(not progress) if progress is not None else None)
+    scope.callback(bar.close)  # its clock thread stops however the run ends
     if start == 0:
         final = evaluate(eval_step, state.params, ds, cfg, put)
         metrics_log.write({"step": 0, "kind": "eval", **final})
@@ -316,7 +325,8 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *
 
     while step < tc.steps:
         first = step == start
-        state, metrics = train_step(state, batch)
+        with profiler.step(step + 1, state):
+            state, metrics = train_step(state, batch)
         step += 1
         if not first:  # the count after step-1, read while this step runs (the device is never left idle)
             check(jax.device_get(nonfinite).tolist(), step)
@@ -329,9 +339,14 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *
             window_steps, window_t = 0, time.perf_counter()
             signals.started()  # a signal now stops after a step, with a checkpoint
             (run.run_dir / SETUP_MARKER).unlink(missing_ok=True)
+            bar.compiled()  # from here on the bar shows the steps' rate, not one that counts the compilation
         else:
             window_steps += 1
-        bar.update(1)
+            bar.update(1)
+        if (trace := profiler.after(step, metrics)) is not None:
+            took = f"written in {profiler.write_s:.1f} s; README: Profiler traces"
+            bar.write(f"profiler trace of train.profile={tc.profile}: {trace} ({took})")
+            window_steps, window_t = 0, time.perf_counter()  # traced steps and writing the trace are not step time
         stopping = (signals.received is not None or step == stop_after) and step < tc.steps
         if step % tc.log_every == 0 or step == tc.steps or stopping:
             counted = jax.device_get(nonfinite).tolist()
@@ -362,6 +377,7 @@ def _hot_loop(run: _Run, steps, ckpt: Checkpointer, state, start: int, counts, *
             interrupted = signals.received or "stop_after"
             break
     bar.close()
+    profiler.stop()  # a run stopped inside the window keeps the steps it traced
     ckpt.close()  # waits for the asynchronous writes
     return _Loop(state, step, final, interrupted, windows, compile_s)
 
@@ -383,6 +399,8 @@ def _report(run: _Run, steps, done: _Loop, t_start: float, plots: bool) -> RunRe
     }
     files = {"run_dir": run_dir, "config": run_dir / CONFIG_FILE, "metrics": run.metrics_log.path}
     files["checkpoints"] = run_dir / CHECKPOINT_DIR
+    if run.profiler.written is not None:
+        files["profile"] = run.profiler.written
     final, success = done.final, None
     if done.interrupted is None:
         if final is None:  # resumed a finished run: evaluate its final state again
@@ -391,13 +409,16 @@ def _report(run: _Run, steps, done: _Loop, t_start: float, plots: bool) -> RunRe
         # the attention plot runs a jitted function on the global params, which every process would have
         # to join; only process 0 reports, so multi-process runs skip the plots (metrics.jsonl has the data)
         if plots and jax.process_count() == 1:
-            files["loss_plot"] = plot_losses(run.metrics_log.read(), run_dir / "loss.png", cfg.name)
+            views = run.metrics_log.figure_at  # the same figures as TensorBoard / W&B images at the final step
+            records = run.metrics_log.read()
+            files["loss_plot"] = plot_losses(records, run_dir / "loss.png", cfg.name, views(done.step, "loss"))
             val = ds.batch("val", EVAL_OFFSET, 1, cfg.seq_len)
             patterns = jax.jit(lambda p, x: attention_patterns(steps.model, p, x))(done.state.params, val["inputs"])
             pattern = np.asarray(patterns)[:, 0]  # [L, H, T, T] of the one sequence
             labels = [ds.decode([int(t)]) for t in val["inputs"][0]]
             title = f"{cfg.name}: attention patterns on {excerpt(join_labels(labels), 80)}"
-            files["attention_plot"] = plot_attention(pattern, labels, run_dir / "attention.png", title)
+            also = views(done.step, "attention")
+            files["attention_plot"] = plot_attention(pattern, labels, run_dir / "attention.png", title, also=also)
         summary = {"step": done.step, "final": final, "goal": cfg.goal, "success": success, "stats": stats}
         if cfg.data.task in INDUCTION_TASKS and jax.process_count() == 1:
             summary["heads"] = head_detectors(steps.model, done.state.params, cfg.seq_len)
@@ -417,6 +438,7 @@ def _train(
     handle_signals: bool = True,
     exit_on_early_signal: bool = False,
     plots: bool = True,
+    wandb: bool = False,
     state_sharding=None,
     batch_sharding=None,
 ) -> RunResult:
@@ -425,8 +447,8 @@ def _train(
     ``stop_after``: stop after that step as if interrupted (a checkpoint is saved), for tests of resuming.
     ``exit_on_early_signal`` (the command line): SIGINT/SIGTERM before the first step is done end the process
     within moments, even during compilation, removing what a fresh run had written (see SignalCatcher).
-    ``progress``: tqdm bar (None: only on a terminal). ``state_sharding`` / ``batch_sharding``: see train/step.py;
-    without them the run uses ``cfg.mesh`` and ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
+    ``progress``: tqdm bar (None: only on a terminal). ``wandb``: log to W&B too (train/report.py).
+    ``state_sharding`` / ``batch_sharding``: see train/step.py; without them the run uses ``cfg.mesh`` and ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
     """
     made: list[_Run] = []  # the run once set up: what an early signal or error has to clean up
 
@@ -438,7 +460,8 @@ def _train(
         print(f"interrupted ({name}) before the first step: nothing to save{where}", file=sys.stderr, flush=True)
 
     signals = scope.enter_context(SignalCatcher(handle_signals, on_early if exit_on_early_signal else None))
-    run = _setup(cfg, scope, resume=resume, log=log, state_sharding=state_sharding, batch_sharding=batch_sharding)
+    sharding = {"state_sharding": state_sharding, "batch_sharding": batch_sharding}
+    run = _setup(cfg, scope, resume=resume, log=log, wandb=wandb, **sharding)
     made.append(run)
     tc = run.cfg.train
     try:
@@ -456,7 +479,8 @@ def _train(
             discard_unstarted(run.run_dir, run.created)
         raise
     t_start = time.perf_counter()
-    done = _hot_loop(run, steps, ckpt, state, start, counts, progress=progress, stop_after=stop_after, signals=signals)
+    loop = {"progress": progress, "stop_after": stop_after, "signals": signals, "scope": scope}
+    done = _hot_loop(run, steps, ckpt, state, start, counts, **loop)
     return _report(run, steps, done, t_start, plots)
 
 

@@ -14,7 +14,7 @@ from train.data import build_dataset, load_dataset_for_run
 from train.init_from import check_vocab
 from train.lock import LOCK_FILE, DirLock
 from train.memory import check as memory_check
-from train.report import METRICS_FILE, TENSORBOARD_DIR
+from train.report import METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR
 
 # Fields that may differ between a run's saved config and the one it is resumed with: they change
 # when or how much is evaluated, logged, saved or trained, not the trajectory of steps already taken.
@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.async_checkpoint",
         "train.max_nonfinite",
         "train.memory_check",
+        "train.profile",
         # where the state lives, not what it is: a run saved on 8 devices resumes on 2 or on 1
         "mesh.data",
         "mesh.fsdp",
@@ -56,7 +57,7 @@ def discard_unstarted(run_dir: Path, created: bool) -> None:
     if created:
         shutil.rmtree(run_dir, ignore_errors=True)
         return
-    for name in (CONFIG_FILE, "vocab.json", METRICS_FILE, TENSORBOARD_DIR, "checkpoints", SETUP_MARKER):
+    for name in (CONFIG_FILE, "vocab.json", METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR, "checkpoints", SETUP_MARKER):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
