@@ -148,7 +148,7 @@ def test_kill_9_then_a_torn_tail_then_resume_keeps_every_complete_record(tmp_pat
     write and tears its last line; then the resume drops that line in one warning and ends like a run never
     killed. A record is one write() of about 300 bytes to a local file: Linux checks for a fatal signal only
     between the page-sized chunks of a write, so such a write is all or nothing and a kill lands between
-    writes (0 torn of 40 kills of a process doing nothing but such writes, measured). If no kill tears within
+    writes (0 torn of 100 kills of a process doing nothing but such writes, measured). If no kill tears within
     the bound the test says so (skip, with the count) after checking every resume; the next test tears for real."""
     run_dir, log, rng = tmp_path / "r", tmp_path / "log", random.Random(0)
     cmd = kill_cmd(run_dir)
