@@ -32,7 +32,6 @@ predictable positions in at least 2 of 3 seeds; 1 layer stays <= 0.2 (chance is 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -190,6 +189,13 @@ def fit(cfg: RunConfig, ds: Dataset, run_dir: Path, log=print):
     return steps.model, state.params, seconds
 
 
+def final_record(run_dir: Path) -> dict[str, Any]:
+    """The last complete record of ``run_dir/metrics.jsonl`` (train.report's reader: a torn tail is dropped, one line)."""
+    from train.report import read_metrics
+
+    return read_metrics(run_dir)[-1]
+
+
 def head_scores(pat: np.ndarray, mask: np.ndarray, period: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(prefix-matching, previous-token) scores [L, H] of attention patterns ``pat`` [L, B, H, T, T].
 
@@ -264,7 +270,7 @@ def run(out: Path, smoke: bool, log=print) -> dict[str, Any]:
             batch = fixed_batch_with_period(ds, "val", 12345, 64, s.seq_len)
         log(f"{cfg.name}: training {s.steps} steps")
         model, params, seconds = fit(cfg, ds, out / "runs" / cfg.name, log)
-        final = [json.loads(x) for x in (out / "runs" / cfg.name / "metrics.jsonl").read_text().splitlines()][-1]
+        final = final_record(out / "runs" / cfg.name)
         a = analyse(model, params, batch)
         results["runs"].append(dict(task=task, layers=layers, seed=seed, seconds=seconds, final=final, **a))
     return results

@@ -5,7 +5,7 @@
     save(cfg, params, "out/")                           # GPT2LMHeadModel.from_pretrained("out/") loads it
 
     python -m model.hf inspect PATH                     # the config and the parameter table
-    python -m train.hf_export RUN_DIR OUT_DIR           # a run of ours as a GPT-2 directory (see below)
+    python -m model.hf export RUN_DIR OUT_DIR [--step N] # a run of ours as a GPT-2 directory (see below)
 
 Tensors are read with ``safetensors.numpy`` (no torch). GPT-2's names, with or without the
 ``transformer.`` prefix (GPT2LMHeadModel vs GPT2Model), map to ours as follows (``Conv1D`` weights are
@@ -29,7 +29,8 @@ Named models (``load("gpt2")``) are downloaded with ``huggingface_hub`` when it 
 
 Export lives one floor up: the model package never imports train (tests/test_structure.py), and a run's
 checkpoint is restored by train's code, so ``python -m train.hf_export RUN_DIR OUT_DIR`` restores the
-run and calls :func:`save`; ``python -m model.hf export`` prints that command.
+run and calls :func:`save`. ``python -m model.hf export`` hands over to it in a child process (a process
+boundary, not an import: the arrows stay pointing down) and returns its exit code.
 """
 
 from __future__ import annotations
@@ -422,21 +423,34 @@ def inspect(path: str | Path, out=None) -> None:
     print(f"{'total':{width}s}  {'':>20s}  {sum(math.prod(a.shape) for _, a in rows):13,d}", file=out)
 
 
+def _export(run_dir: str, out_dir: str, step: int | None) -> int:
+    """``python -m train.hf_export`` in a child process (restoring a checkpoint is train's job); its exit code.
+
+    The child runs the train/ beside this model/ (the package root first on its PYTHONPATH), so a checkout
+    and its installed copy are never mixed; its one-line errors and its output are the command's own.
+    """
+    import os
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cmd = [sys.executable, "-m", "train.hf_export", run_dir, out_dir, *([] if step is None else ["--step", str(step)])]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return subprocess.call(cmd, env=env)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.hf", description="Hugging Face GPT-2 checkpoints.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("inspect", help="print a checkpoint's config and parameter table").add_argument("path")
-    ex = sub.add_parser("export", help="a run of ours as a GPT-2 directory (run by train.hf_export)")
+    ex = sub.add_parser("export", help="a run of ours as a GPT-2 directory (done by python -m train.hf_export)")
     ex.add_argument("run_dir")
     ex.add_argument("out_dir")
+    ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     args = p.parse_args(argv)
     if args.command == "export":
-        print(
-            "error: export restores a run's checkpoint, which is train's job (model never imports train): "
-            f"run  python -m train.hf_export {args.run_dir} {args.out_dir}",
-            file=sys.stderr,
-        )
-        return 2
+        return _export(args.run_dir, args.out_dir, args.step)
     try:
         inspect(args.path)
     except (HFFormatError, FileNotFoundError) as e:

@@ -38,7 +38,7 @@ class Case:
     argv: tuple[str, ...]  # {run}: a trained induction run; {text_run}: a trained text run; {tmp}: a scratch dir
     phrase: str  # must appear in the one-line message
     setup: Callable[[Path], None] | None = None  # writes files under {tmp} first
-    notice: bool = False  # valid, but not what it may seem: exit 0 and one line `notice: ...` saying what happens
+    notice: bool = False  # valid, but not what it may seem: exit 0 and one `notice: ...` (or `warning: ...`) line
 
 
 def _write(name: str, content: bytes) -> Callable[[Path], None]:
@@ -85,6 +85,34 @@ def _held_run_dir(tmp: Path) -> None:
     from train.lock import DirLock
 
     _HELD.append(DirLock(tmp / "busy"))
+
+
+def _held_sweep_out(tmp: Path) -> None:
+    """A sweep directory held as a live runner holds it (experiments/sweep/run.py takes this lock first)."""
+    from train.lock import DirLock
+
+    _HELD.append(DirLock(tmp / "sw", what="sweep directory"))
+
+
+def _torn_metrics(tmp: Path) -> None:
+    """The tail a kill -9 in the middle of a metrics write leaves: the last line cut mid-JSON."""
+    shutil.copytree(tmp / "run", tmp / "torn")
+    with open(tmp / "torn" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "kind": "train", "loss": 3.1')
+
+
+def _torn_vocab(tmp: Path) -> None:
+    shutil.copytree(tmp / "run", tmp / "tornvocab")
+    path = tmp / "tornvocab" / "vocab.json"
+    path.write_text(path.read_text()[:30])
+
+
+def _torn_sweep_spec(tmp: Path) -> None:
+    (tmp / "spec").mkdir()
+    (tmp / "spec" / "sweep.json").write_text('{"name": "t", "base": "induction", "ax')
+
+
+RUN_SETUPS = (_foreign_checkpoints, _broken_json, _no_checkpoints, _torn_metrics, _torn_vocab)  # copy the trained run
 
 
 CASES = [
@@ -201,7 +229,7 @@ CASES = [
     ),
     Case(
         "resume-broken-config",
-        "config.json that is not valid JSON",
+        "config.json torn or not valid JSON (written atomically: only damage from outside the lab tears it)",
         "train",
         ("--resume", "{tmp}/broken"),
         "not valid JSON",
@@ -340,6 +368,46 @@ CASES = [
         "in use by process",
         _held_run_dir,
     ),
+    Case(
+        "resume-missing-dir",
+        "--resume of a directory that does not exist",
+        "train",
+        ("--resume", "{tmp}/nothere"),
+        "no such directory",
+    ),
+    Case(
+        "sweep-out-in-use",
+        "sweep --out held by another live sweep runner",
+        "sweep",
+        ("--config", "induction", "--grid", "train.seed=0,1", "--out", "{tmp}/sw"),
+        "sweep directory",
+        _held_sweep_out,
+    ),
+    Case(
+        "resume-torn-vocab",
+        "vocab.json torn (written atomically: only damage from outside the lab tears it)",
+        "train",
+        ("--resume", "{tmp}/tornvocab"),
+        "vocab.json is not valid JSON",
+        _torn_vocab,
+    ),
+    Case(
+        "sweep-torn-spec",
+        "sweep.json torn (written atomically: only damage from outside the lab tears it)",
+        "sweep",
+        ("--spec", "{tmp}/spec/sweep.json"),
+        "sweep.json is not a sweep spec",
+        _torn_sweep_spec,
+    ),
+    Case(
+        "resume-torn-metrics",
+        "--resume of a run whose metrics.jsonl ends in a torn line (a kill -9 during a write)",
+        "train",
+        ("--resume", "{tmp}/torn"),
+        "dropped 1 incomplete record(s) (its last line",
+        _torn_metrics,
+        notice=True,
+    ),
 ]
 
 
@@ -361,8 +429,8 @@ def render_markdown() -> str:
         "",
         "## Valid inputs that get a notice",
         "",
-        "These run (exit code 0) but do not do what they may seem to; each prints one line `notice: ...` on stderr",
-        "saying what happens instead.",
+        "These run (exit code 0) but do not do what they may seem to, or find something to repair; each prints one",
+        "line `notice: ...` (`warning: ...` for a damaged file) on stderr saying what happens and goes on.",
         "",
         "| # | input | command | the notice contains |",
         "|---|---|---|---|",
@@ -433,7 +501,7 @@ def needs_runs(c: Case) -> bool:
     """Cases that need the trained runs (their fixture trains three tiny runs: slow on a loaded 2-core box)."""
     return (
         any("{run}" in a or "{text_run}" in a for a in c.argv)
-        or c.setup in (_foreign_checkpoints, _broken_json, _no_checkpoints)
+        or c.setup in RUN_SETUPS
         or (c.setup is not None and c.setup.__qualname__.startswith("_copy_run_with_config"))
     )
 
@@ -452,6 +520,7 @@ def test_bad_input_gets_one_clear_line(case, request, tmp_path, capsys, monkeypa
             shutil.copytree(runs / name, tmp_path / name)
     if case.setup is not None:
         case.setup(tmp_path)
+    before = {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
     subs = {"{run}": str(tmp_path / "run"), "{tmp}": str(tmp_path)}
     if runs is not None:
         subs["{text_run}"] = str(runs / "text")
@@ -467,7 +536,7 @@ def test_bad_input_gets_one_clear_line(case, request, tmp_path, capsys, monkeypa
     lines = [line for line in err.splitlines() if line.strip()]
     if case.notice:
         assert code == 0 and "Traceback" not in out + err, (code, err[-1500:])
-        notices = [line for line in lines if line.startswith("notice: ")]
+        notices = [line for line in lines if line.startswith(("notice: ", "warning: "))]
         assert len(notices) == 1 and case.phrase in notices[0], lines
         return
     assert code == 2, (code, out[-500:], err[-1500:])
@@ -475,7 +544,7 @@ def test_bad_input_gets_one_clear_line(case, request, tmp_path, capsys, monkeypa
     assert lines and lines[-1].startswith("error: "), err
     assert case.phrase in lines[-1], lines[-1]
     if case.tool in ("heads", "sweep"):  # refused before anything was written
-        assert not (tmp_path / "runs").exists() and not (tmp_path / "sw").exists()
+        assert {p.relative_to(tmp_path) for p in tmp_path.rglob("*")} == before
     if os.environ.get("BAD_INPUTS_MESSAGES"):  # collect the real messages (for the README), paths shortened
         with open(os.environ["BAD_INPUTS_MESSAGES"], "a") as f:
             f.write(f"{case.id}\t{lines[-1].replace(str(tmp_path), 'TMP')}\n")
@@ -484,6 +553,19 @@ def test_bad_input_gets_one_clear_line(case, request, tmp_path, capsys, monkeypa
 def test_catalogue_has_at_least_20_distinct_cases():
     assert len(CASES) >= 20 and len({c.id for c in CASES}) == len(CASES)
     assert sum(not needs_runs(c) for c in CASES) >= 20  # at least 20 run in the default (not slow) suite
+
+
+def test_readme_counts_the_cases():
+    """The README's faults section gives the catalogue's sizes; they are counted here, not typed."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    m = re.search(
+        r"The (\d+) cases, each tested\s+by tests/test_bad_inputs\.py.*?with the (\d+) valid inputs", readme, re.S
+    )
+    assert m, "README: 'The N cases, each tested by tests/test_bad_inputs.py ... with the M valid inputs'"
+    errors = sum(not c.notice for c in CASES)
+    assert (int(m.group(1)), int(m.group(2))) == (errors, len(CASES) - errors)
 
 
 def test_docs_match_the_table():

@@ -117,6 +117,14 @@ def test_sweep_results_survive_torn_files(tmp_path):
     assert row["status"] == "ok" and row["step"] == 0 and row["val_loss"] == 2.0
 
 
+def test_the_induction_experiment_reads_its_final_record_past_a_torn_tail(tmp_path, capsys):
+    from experiments.induction import final_record
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "kind": "eval"}\n{"step": 9, "kind": "eval"}\n{"step": 9, "k')
+    assert final_record(tmp_path) == {"step": 9, "kind": "eval"}
+    assert capsys.readouterr().err.count("dropped 1 incomplete record") == 1
+
+
 # ---------------------------------------------------------------------------- one writer per run directory (16.2)
 def test_lock_names_the_pid_and_is_released(tmp_path):
     with DirLock(tmp_path / "d"):

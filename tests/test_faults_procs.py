@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -82,29 +83,129 @@ def once_each(recs: list[dict]) -> bool:
 
 
 # ---------------------------------------------------------------------------- kill -9 mid-write (16.1)
-@pytest.mark.slow
-def test_kill_9_then_a_torn_tail_then_resume_keeps_every_complete_record(tmp_path):
-    run_dir = tmp_path / "r"
-    proc = subprocess.Popen(fresh(run_dir), env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: logged_step(run_dir) >= 25, "step 25", proc=proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    path = run_dir / "metrics.jsonl"
-    text = path.read_text()
-    if text.endswith("\n"):  # the kill landed between writes: tear the tail as a kill mid-write does
-        last = text.splitlines()[-1]
-        path.write_text(text + last[: len(last) // 2])
-    before = records(run_dir)
+# Many small steps, every one logged: a write of metrics.jsonl every few milliseconds for the kills to land in.
+KILL_TRAIN = [
+    "train.steps=1000",
+    "train.batch_size=4",
+    "train.eval_every=250",
+    "train.eval_batches=1",
+    "train.log_every=1",
+    "train.checkpoint_every=25",
+]
+KILL_ATTEMPTS, KILL_SECONDS = 12, 300  # the bound of the loop: at most this many kills, or this long
 
-    res = subprocess.run(train_cmd("--resume", str(run_dir)), env=env(), capture_output=True, text=True, timeout=600)
+
+def kill_cmd(run_dir: Path) -> list[str]:
+    return train_cmd("--config", "induction", *KILL_TRAIN, f"run_dir={run_dir}")
+
+
+def torn(run_dir: Path) -> bool:
+    text = (run_dir / "metrics.jsonl").read_bytes() if (run_dir / "metrics.jsonl").exists() else b""
+    return bool(text) and not text.endswith(b"\n")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("kill") / "ref"
+    res = subprocess.run(kill_cmd(run_dir), env=env(), capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stderr.count("dropped 1 incomplete record") == 1, res.stderr[-2000:]
-    start = int(re.search(r"resuming \S+ from step (\d+)", res.stdout).group(1))
+    return records(run_dir)
+
+
+def kill_9_while_training(cmd: list[str], run_dir: Path, rng, log: Path, after: int = 3) -> bool:
+    """Start ``cmd``, kill -9 it at a random moment once it trains (``after`` more steps logged); False if it
+    finished first."""
+    with open(log, "a") as out:
+        proc = subprocess.Popen(cmd, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    base = max(logged_step(run_dir), 0)
+    wait_for(lambda: logged_step(run_dir) >= base + after or proc.poll() is not None, "training", timeout=600)
+    time.sleep(rng.uniform(0, 0.5))
+    proc.kill()
+    return proc.wait() != 0
+
+
+def resume_and_check(run_dir: Path, reference: list[dict], *, tear: bool) -> str:
+    """--resume to the end: one line about the torn record (if ``tear``), nothing lost, the uninterrupted run's curve."""
+    before = records(run_dir)
+    res = subprocess.run(train_cmd("--resume", str(run_dir)), env=env(), capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-2000:]
+    dropped = [ln for ln in res.stderr.splitlines() if "incomplete record" in ln]
+    assert len(dropped) == (1 if tear else 0), res.stderr[-2000:]
+    if tear:
+        assert dropped[0].startswith("warning: ") and "dropped 1 incomplete record(s) (its last line" in dropped[0]
+    m = re.search(r"resuming \S+ from step (\d+)", res.stdout)  # or, killed before its first save: from 0
+    start = int(m.group(1)) if m else 0
     after = records(run_dir)
     kept = [r for r in before if r["step"] <= start]
     assert after[: len(kept)] == kept  # every complete record up to the checkpoint, untouched
-    assert once_each(after) and after[-1]["step"] == 60 and after[-1]["kind"] == "eval"
-    assert [r["step"] for r in after if r["kind"] == "train"] == list(range(1, 61))
+    assert once_each(after) and after == reference  # ends like a run never killed, every float bit for bit
+    return dropped[0] if tear else ""
+
+
+@pytest.mark.slow
+def test_kill_9_then_a_torn_tail_then_resume_keeps_every_complete_record(tmp_path, uninterrupted):
+    """kill -9 a training run at random moments (resuming it after each) until a kill lands inside a metrics
+    write and tears its last line; then the resume drops that line in one warning and ends like a run never
+    killed. A record is one write() of about 300 bytes to a local file: Linux checks for a fatal signal only
+    between the page-sized chunks of a write, so such a write is all or nothing and a kill lands between
+    writes (0 torn of 100 kills of a process doing nothing but such writes, measured). If no kill tears within
+    the bound the test says so (skip, with the count) after checking every resume; the next test tears for real."""
+    run_dir, log, rng = tmp_path / "r", tmp_path / "log", random.Random(0)
+    cmd = kill_cmd(run_dir)
+    attempts, deadline = 0, time.monotonic() + KILL_SECONDS
+    while attempts < KILL_ATTEMPTS and time.monotonic() < deadline:
+        attempts += 1
+        if not kill_9_while_training(cmd, run_dir, rng, log) or torn(run_dir):
+            break
+        cmd = train_cmd("--resume", str(run_dir))  # resumed from its newest checkpoint, then killed again
+    tore = torn(run_dir)
+    print(f"kill -9 attempts: {attempts}, torn tail: {tore}")
+    resume_and_check(run_dir, uninterrupted, tear=tore)
+    if not tore:
+        pytest.skip(f"no kill -9 of {attempts} tore a metrics line (each resumed exactly): writes are atomic here")
+
+
+LARGE_WRITER = """
+import sys
+from pathlib import Path
+from train.report import MetricsLog
+log = MetricsLog(Path(sys.argv[1]))
+record = {"step": int(sys.argv[2]), "kind": "train", "loss": 1.0, "per_token_loss": [1.0] * 4_000_000}
+print("writing", flush=True)
+log.write(record)  # json.dumps, then one write() of 20 MB
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_writing_a_large_record_tears_it_and_resume_drops_it(tmp_path, uninterrupted):
+    """A real torn tail: a run killed -9, then a real MetricsLog writer appending a 20 MB record to its
+    metrics.jsonl killed -9 the moment the file starts to grow, again until the kernel has cut the write (a
+    write this large is copied page by page, and SIGKILL stops it between pages). The resume drops the torn
+    line in one warning, keeps every complete record and ends like a run never killed."""
+    run_dir, log, rng = tmp_path / "r", tmp_path / "log", random.Random(1)
+    assert kill_9_while_training(kill_cmd(run_dir), run_dir, rng, log, after=60)  # past its first checkpoints
+    path = run_dir / "metrics.jsonl"
+    clean = path.read_bytes()
+    attempts = 0
+    while not torn(run_dir) and attempts < 20:
+        attempts += 1
+        path.write_bytes(clean)
+        w = subprocess.Popen(
+            [sys.executable, "-c", LARGE_WRITER, str(path), str(logged_step(run_dir) + 1)],
+            env=env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        w.stdout.readline()  # about to serialise and write
+        while path.stat().st_size == len(clean) and w.poll() is None:
+            pass  # the write has begun once the file grows (a page at a time)
+        w.kill()
+        w.wait()
+    print(f"kills of the large-record writer until one tore: {attempts}, torn at byte {path.stat().st_size}")
+    assert torn(run_dir), f"no tear in {attempts} kills"
+    assert path.read_bytes().startswith(clean)  # the run's own records are intact before the torn one
+    line = resume_and_check(run_dir, uninterrupted, tear=True)
+    print(line[:200])
 
 
 # ---------------------------------------------------------------------------- one writer per run directory (16.2)
@@ -175,6 +276,9 @@ SWEEP = [
     "2",
 ]
 POINTS = ("seed=0", "seed=1")
+# s from the signal to the runner until no training process of it is left: 2.8 s (SIGKILL) and 3.6 s (SIGTERM)
+# measured with a load average of 9 on 2 cores; an earlier session saw 10-15 s under a load of 20
+GONE_WITHIN = 15
 
 
 def sweep_cmd(*args: str) -> list[str]:
@@ -214,14 +318,15 @@ def interrupt_and_rerun(tmp_path: Path, sig: signal.Signals, reference: dict) ->
     wait_for(lambda: all(logged_step(out / "runs" / p) >= 60 for p in POINTS), "both points at step 60", proc=runner)
     assert not any((out / "runs" / p / "summary.json").exists() for p in POINTS), "a point finished before the kill"
     assert len(training_processes(out)) == 2
+    t0 = time.monotonic()
     runner.send_signal(sig)
     runner.communicate(timeout=60)
-    t0 = time.monotonic()
-    # each finishes its step, saves a checkpoint and exits: ~1-2 s on an idle machine, 10-15 s measured
-    # with a load average of 20 on 2 cores (other sessions' tests), hence the generous bound
+    # the runner dies of either signal (it has no handler), and each training process gets SIGTERM from
+    # the kernel (PR_SET_PDEATHSIG), finishes its step, saves a checkpoint and exits (GONE_WITHIN)
     wait_for(lambda: not training_processes(out), "the training processes to exit", timeout=60)
     gone_after = time.monotonic() - t0
-    assert gone_after < 45, gone_after
+    print(f"{sig.name} to the runner: its training processes gone {gone_after:.2f} s later")
+    assert gone_after < GONE_WITHIN, gone_after
     logs = {p: (out / "logs" / f"{p}.log").read_text() for p in POINTS}
 
     rerun = subprocess.run(

@@ -238,9 +238,14 @@ def test_inspect_prints_config_and_table(capsys):
     assert f"{n:,d}" in out.splitlines()[-1]
 
 
-def test_export_subcommand_names_the_train_command(capsys):
-    assert hf.main(["export", "runs/x", "out"]) == 2
-    assert "python -m train.hf_export runs/x out" in capsys.readouterr().err
+@pytest.mark.slow  # a child process (python -m train.hf_export) pays jax's import
+def test_export_subcommand_hands_over_to_train_and_returns_its_one_line_error(tmp_path, capfd):
+    """`python -m model.hf export` runs train's exporter in a child: a missing run is its one-line error, exit 2
+    (the export that succeeds is tests/test_hf_export.py's, on a trained run)."""
+    assert hf.main(["export", str(tmp_path / "nothere"), str(tmp_path / "out")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "nothere" in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------- with transformers, when installed

@@ -11,6 +11,9 @@ import dataclasses
 import importlib.util
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -26,6 +29,7 @@ from train.hf_export import main as export_main
 from train.loop import train
 from train.sample import load_run
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(vocab_size=48, max_len=16, n_layers=2, d_model=32, n_heads=4, use_bias=True, norm_eps=1e-5)
 TC = TrainConfig(batch_size=8, steps=3, lr=1e-2, warmup_steps=1, decay_steps=10, eval_every=3, eval_batches=1)
 TEXT = "to be, or not to be: that is the question.\n" * 40
@@ -64,6 +68,23 @@ def test_export_gives_the_runs_logits(run, capsys):
         diff = float(np.max(np.abs(theirs - ours)))
         print(f"transformers on an exported run: max |diff| = {diff:.2e}")
         assert diff < 1e-4
+
+
+@pytest.mark.slow  # a real `python -m model.hf export` process: jax's import twice (it hands over to a child)
+def test_export_subcommand_of_model_hf_writes_the_runs_params(run):
+    """The documented command does the export (model/hf.py hands over to train.hf_export, never importing it)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "model.hf", "export", str(run / "run"), str(run / "hf-cli")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "wrote" in res.stdout, res.stderr[-2000:]
+    cfg, loaded = hf.load(run / "hf-cli")
+    run_cfg, _, params, _ = load_run(run / "run")
+    assert cfg.n_layers == run_cfg.model.n_layers and cfg.d_model == run_cfg.model.d_model
+    ours = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+    theirs = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
+    assert len(ours) == len(theirs)
+    for path, a in ours:  # every parameter of the run's checkpoint, bit for bit
+        np.testing.assert_array_equal(theirs[path], np.asarray(a), err_msg=jax.tree_util.keystr(path))
 
 
 def test_export_refuses_a_run_gpt2_cannot_express(run, tmp_path, capsys):

@@ -22,6 +22,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 from model.host import configure_xla, tune_host
 from train.config import (
@@ -96,6 +97,11 @@ def resolve(args: argparse.Namespace):
     if args.resume is not None and init_from is not None:
         raise RunDirError("--init-from starts a new run and --resume continues one: pass only one of them")
     if args.resume:  # a run directory: its saved config is the base
+        if not Path(args.resume).exists():
+            raise RunDirError(
+                f"--resume {args.resume}: no such directory, nothing to resume; check the path, or drop --resume "
+                f"to start a new run there (python -m train run_dir={args.resume})"
+            )
         cfg = load_run_config(args.resume)
         if args.config is not None and is_config_file(args.config):
             raise RunDirError(f"--resume continues {args.resume} from its saved config: drop --config {args.config}")

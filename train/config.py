@@ -44,6 +44,8 @@ def load_run_config(run_dir) -> RunConfig:
     from pathlib import Path
 
     path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).exists():
+        raise RunDirError(f"{run_dir}: no such directory: check the path (a run directory holds {CONFIG_FILE})")
     if not path.is_file():
         raise RunDirError(f"{path} not found: {run_dir} is not a run directory written by `python -m train`")
     try:
