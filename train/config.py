@@ -22,6 +22,7 @@ import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from model.config import ModelConfig
@@ -34,15 +35,11 @@ from train.errors import ConfigError, RunDirError, SetupError  # noqa: F401  (re
 from train.goal import GOAL_RE, goal_met, parse_goal  # noqa: F401  (re-exported)
 
 SCHEDULES = ("cosine", "constant")
-
-
 CONFIG_FILE = "config.json"  # the resolved RunConfig inside a run directory
 
 
 def load_run_config(run_dir) -> RunConfig:
     """The RunConfig saved in ``run_dir/config.json`` (plain JSON; never executed)."""
-    from pathlib import Path
-
     path = Path(run_dir) / CONFIG_FILE
     if not Path(run_dir).exists():
         raise RunDirError(f"{run_dir}: no such directory: check the path (a run directory holds {CONFIG_FILE})")
