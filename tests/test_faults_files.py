@@ -8,10 +8,12 @@ tests/test_faults_procs.py.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,24 @@ def test_lock_names_the_pid_and_is_released(tmp_path):
         assert e.value.pid == os.getpid() and "\n" not in str(e.value)
     assert holder(tmp_path / "d") is None
     DirLock(tmp_path / "d").release()
+
+
+def test_a_lock_taken_a_moment_ago_still_names_its_holder(tmp_path):
+    """The holder writes its PID just after it takes the lock: a second process arriving in between (two
+    processes started together, as CI once saw) waits for the PID instead of naming 'another process'."""
+    d = tmp_path / "d"
+    d.mkdir()
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, PID not yet written
+    writer = threading.Timer(0.2, lambda: os.pwrite(fd, b"4242\n", 0))
+    writer.start()
+    try:
+        with pytest.raises(LockedError, match="in use by process 4242") as e:
+            DirLock(d)
+        assert e.value.pid == 4242
+    finally:
+        writer.join()
+        os.close(fd)
 
 
 def test_lock_of_a_killed_process_is_free(tmp_path):

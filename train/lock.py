@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from train.config import RunDirError
@@ -29,12 +30,20 @@ class LockedError(RunDirError):
         self.pid = pid
 
 
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().split()
-        return int(text[0]) if text else None
-    except (OSError, ValueError):
-        return None
+def _read_pid(path: Path, wait: float = 1.0) -> int | None:
+    """The PID in a held lock file. The holder writes it just after taking the lock, so a file still empty
+    is read again for up to ``wait`` seconds (two processes started together meet in that moment)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            text = path.read_text().split()
+            if text:
+                return int(text[0])
+        except (OSError, ValueError):
+            return None
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
 
 
 class DirLock:
