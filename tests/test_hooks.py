@@ -125,8 +125,12 @@ def test_hooks_on_scanned_layers_need_unrolling():
         hooks.run_with_cache(model, params, tokens, hooks=hooks.ablate_heads([(0, 0)]))
 
 
-@pytest.mark.parametrize("over,point", [("heads", "attn.hook_z"), ("positions", "hook_resid_pre")])
-def test_vmapped_sweep_equals_loop_of_single_patches(over, point):
+@pytest.mark.parametrize(
+    "over,point,batch_size",
+    [("heads", "attn.hook_z", 3), ("heads", "attn.hook_z", None), ("positions", "hook_resid_pre", 3)],
+)
+def test_vmapped_sweep_equals_loop_of_single_patches(over, point, batch_size):
+    """The batched sweep (cells as copies of the batch, in chunks: 3 leaves a padded last chunk) = one forward per cell."""
     model, params, tokens = _setup(CFG.replace(max_len=8))
     clean, corrupted = tokens, tokens.at[:, 3].set((tokens[:, 3] + 1) % CFG.vocab_size)
     target = tokens[:, 1:]
@@ -136,7 +140,7 @@ def test_vmapped_sweep_equals_loop_of_single_patches(over, point):
         return -jnp.take_along_axis(logp, target[..., None], -1).mean()
 
     table = patching_sweep = hooks.patching_sweep(
-        model, params, clean, corrupted, metric, point=point, over=over, batch_size=3
+        model, params, clean, corrupted, metric, point=point, over=over, batch_size=batch_size
     )
     _, cache = hooks.run_with_cache(model, params, clean)
     short = point.split(".")[-1]
