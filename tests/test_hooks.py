@@ -172,3 +172,22 @@ def test_replacing_the_pattern_reweights_the_values():
     assert np.abs(hooks.run_with_hooks(model, params, tokens, hk) - plain).max() > 0
     with pytest.raises(ValueError, match="cached but not replaced"):
         hooks.run_with_hooks(model, params, tokens, {"blocks.0.attn.hook_attn_scores": lambda s: s})
+
+
+@pytest.mark.slow
+def test_patching_benchmark_prints_both_tables(capsys):
+    """experiments/bench/patching.py: the forward table and the sweep table, the sweeps agreeing with the loop."""
+    from experiments.bench import patching as bench
+
+    assert bench.main(["--preset", "induction", "--repeats", "1", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    for row in ("forward, hook points off", "forward, hook points deleted", "run_with_cache (all)"):
+        assert row in out
+    for row in (
+        "patching_sweep, chunks of 4 cells",
+        "vmapped over selectors (before)",
+        "Python loop of single patches",
+    ):
+        assert row in out
+    diff = float(out.split("max |sweep - loop| = ")[1].split()[0])
+    assert diff < 1e-4
