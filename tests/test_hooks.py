@@ -179,7 +179,7 @@ def test_patching_benchmark_prints_both_tables(capsys):
     """experiments/bench/patching.py: the forward table and the sweep table, the sweeps agreeing with the loop."""
     from experiments.bench import patching as bench
 
-    assert bench.main(["--preset", "induction", "--repeats", "1", "--rounds", "2"]) == 0
+    assert bench.main(["--preset", "tiny", "--repeats", "1", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
     for row in ("forward, hook points off", "forward, hook points deleted", "run_with_cache (all)"):
         assert row in out
