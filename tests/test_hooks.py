@@ -125,8 +125,12 @@ def test_hooks_on_scanned_layers_need_unrolling():
         hooks.run_with_cache(model, params, tokens, hooks=hooks.ablate_heads([(0, 0)]))
 
 
-@pytest.mark.parametrize("over,point", [("heads", "attn.hook_z"), ("positions", "hook_resid_pre")])
-def test_vmapped_sweep_equals_loop_of_single_patches(over, point):
+@pytest.mark.parametrize(
+    "over,point,batch_size",
+    [("heads", "attn.hook_z", 3), ("heads", "attn.hook_z", None), ("positions", "hook_resid_pre", 3)],
+)
+def test_vmapped_sweep_equals_loop_of_single_patches(over, point, batch_size):
+    """The batched sweep (cells as copies of the batch, in chunks: 3 leaves a padded last chunk) = one forward per cell."""
     model, params, tokens = _setup(CFG.replace(max_len=8))
     clean, corrupted = tokens, tokens.at[:, 3].set((tokens[:, 3] + 1) % CFG.vocab_size)
     target = tokens[:, 1:]
@@ -136,7 +140,7 @@ def test_vmapped_sweep_equals_loop_of_single_patches(over, point):
         return -jnp.take_along_axis(logp, target[..., None], -1).mean()
 
     table = patching_sweep = hooks.patching_sweep(
-        model, params, clean, corrupted, metric, point=point, over=over, batch_size=3
+        model, params, clean, corrupted, metric, point=point, over=over, batch_size=batch_size
     )
     _, cache = hooks.run_with_cache(model, params, clean)
     short = point.split(".")[-1]
@@ -168,3 +172,22 @@ def test_replacing_the_pattern_reweights_the_values():
     assert np.abs(hooks.run_with_hooks(model, params, tokens, hk) - plain).max() > 0
     with pytest.raises(ValueError, match="cached but not replaced"):
         hooks.run_with_hooks(model, params, tokens, {"blocks.0.attn.hook_attn_scores": lambda s: s})
+
+
+@pytest.mark.slow
+def test_patching_benchmark_prints_both_tables(capsys):
+    """experiments/bench/patching.py: the forward table and the sweep table, the sweeps agreeing with the loop."""
+    from experiments.bench import patching as bench
+
+    assert bench.main(["--preset", "tiny", "--repeats", "1", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    for row in ("forward, hook points off", "forward, hook points deleted", "run_with_cache (all)"):
+        assert row in out
+    for row in (
+        "patching_sweep, chunks of 4 cells",
+        "vmapped over selectors (before)",
+        "Python loop of single patches",
+    ):
+        assert row in out
+    diff = float(out.split("max |sweep - loop| = ")[1].split()[0])
+    assert diff < 1e-4
