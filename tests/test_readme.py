@@ -97,6 +97,8 @@ def shrink(cmd: str) -> str:
         code = code.removesuffix("&").rstrip()
         if re.search(r"python3? -m train(\s|$)", code) and "--list" not in code:
             code += " " + TRAIN_SHRINK
+            if "train.profile=" in code:  # a traced window must lie within the shrunk run's steps
+                code += " train.profile=2:2"
         elif "python -m train.sample" in code:
             code += " --max-new-tokens 5"
         elif "python -m experiments.sweep" in code and "--print-commands" not in code and "--slurm" not in code:
