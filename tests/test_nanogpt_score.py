@@ -1,0 +1,157 @@
+"""The nanoGPT scorer (experiments/bench/nanogpt_score.py): its statistics, its windows, its score of a run of ours.
+
+The statistics are checked against the standard library's ``statistics``; the score of a tiny run of
+ours against a float64 NumPy cross-entropy of the run's logits on windows cut independently from a
+``val.bin`` written as nanoGPT's prepare.py writes it. The PyTorch side needs nanoGPT's own model.py,
+which is not part of the project: ``NANOGPT_DIR=/path/to/nanoGPT`` (and torch) runs the cross-check
+that nanoGPT's model, given the tiny run's weights, scores the same loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.bench import nanogpt_score as ns
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
+
+
+def test_mean_and_standard_error_match_the_statistics_module():
+    x = [1.8920, 1.8929, 1.8996, 1.9013, 1.8871]
+    mean, se = ns.mean_se(x)
+    assert mean == pytest.approx(statistics.mean(x), abs=1e-12)
+    assert se == pytest.approx(statistics.stdev(x) / math.sqrt(len(x)), abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 values"):
+        ns.mean_se([1.9])
+
+
+def test_the_verdict_is_twice_the_standard_error_of_the_difference():
+    a = [1.0, 1.2]  # mean 1.1, se 0.1
+    b = [1.1, 1.3]  # mean 1.2, se 0.1: difference 0.1, its se sqrt(0.02) = 0.1414
+    c = ns.compare(a, b)
+    assert (c.mean_a, c.se_a, c.mean_b, c.se_b) == pytest.approx((1.1, 0.1, 1.2, 0.1))
+    assert c.diff == pytest.approx(0.1) and c.se == pytest.approx(math.sqrt(0.02))
+    assert not c.differ
+    far = ns.compare(a, [x + 0.29 for x in a])  # 0.29 > 2 x 0.1414 = 0.283
+    near = ns.compare(a, [x + 0.28 for x in a])
+    assert far.differ and not near.differ
+    assert ns.compare(b, a).diff == pytest.approx(-0.1)  # the sign: second minus first
+
+
+def test_the_windows_are_fixed_by_their_seed_and_stay_inside_the_split():
+    s = ns.window_starts(1000, 400, 64, seed=0)
+    assert np.array_equal(s, ns.window_starts(1000, 400, 64, seed=0))
+    assert not np.array_equal(s, ns.window_starts(1000, 400, 64, seed=1))
+    assert s.min() >= 0 and s.max() < 1000 - 64
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = ns.gather(tokens, s, 64)
+    assert x.shape == y.shape == (400, 64) and x.dtype == np.int64
+    assert np.array_equal(x[:, 0], s) and np.array_equal(y, x + 1)
+    with pytest.raises(ValueError, match="too few for block"):
+        ns.window_starts(64, 1, 64, seed=0)
+
+
+def _nanogpt_bins(text: str, out: Path) -> dict[str, np.ndarray]:
+    """nanoGPT's data/shakespeare_char/prepare.py, written out: sorted characters, first 90% train."""
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    n = int(len(text) * 0.9)
+    out.mkdir(parents=True, exist_ok=True)
+    ids[:n].tofile(out / "train.bin")
+    ids[n:].tofile(out / "val.bin")
+    return ns.read_bins(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 4-step run of the shakespeare-char-cpu preset, shrunk, with nanoGPT's GELU and LayerNorm eps."""
+    from train.config import apply_overrides, get_preset
+    from train.loop import train
+
+    tmp = tmp_path_factory.mktemp("score")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATTN_CACHE_DIR", str(tmp / "cache"))  # the corpus cache of this module's runs
+    (tmp / "input.txt").write_text(TEXT, encoding="utf-8")
+    overrides = [f"data.path={tmp / 'input.txt'}", f"run_dir={tmp / 'run'}", "train.steps=4", "train.eval_every=4"]
+    overrides += ["train.eval_batches=1", "train.warmup_steps=1", "model.n_layers=2", "model.d_model=32"]
+    overrides += ["model.max_len=16", "model.gelu=exact", "model.norm_eps=1e-5"]
+    cfg = apply_overrides(get_preset("shakespeare-char-cpu"), overrides)
+    train(cfg, progress=False, plots=False, log=lambda *a, **k: None)
+    yield tmp, _nanogpt_bins(TEXT, tmp / "nanogpt" / "data" / "shakespeare_char")
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_a_run_of_ours_is_scored_on_the_windows_of_val_bin(tiny_run):
+    from train.sample import load_run
+
+    tmp, bins = tiny_run
+    starts = ns.window_starts(len(bins["val"]), 30, 16, seed=3)
+    step, loss = ns.score_run(tmp / "run", bins, starts, 16, batch=7)  # batches of 7: a ragged last one
+    assert step == 4
+    cfg, model, params, _ = load_run(tmp / "run")
+    idx = starts[:, None] + np.arange(17)
+    w = bins["val"].astype(np.int64)[idx]
+    logits = np.asarray(model.apply({"params": params}, w[:, :-1]), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    ref = -np.take_along_axis(logp, w[:, 1:, None], -1).mean()
+    assert loss == pytest.approx(ref, abs=1e-5)
+    assert 0.0 < loss < math.log(cfg.model.vocab_size) + 0.5
+
+
+@pytest.mark.slow
+def test_a_run_trained_on_other_text_is_refused(tiny_run, tmp_path):
+    tmp, _ = tiny_run
+    other = _nanogpt_bins(TEXT[::-1], tmp_path)
+    with pytest.raises(ValueError, match=r"train split .* is not nanoGPT's train.bin"):
+        ns.score_run(tmp / "run", other, np.zeros(1, np.int64), 16)
+
+
+def test_the_command_names_a_missing_nanogpt_checkout_in_one_line(tmp_path, capsys):
+    argv = ["--nanogpt-dir", str(tmp_path), "--nanogpt-ckpt", "a", "b", "--runs", "c", "d"]
+    assert ns.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.py not found" in err and "nanoGPT checkout" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("NANOGPT_DIR"), reason="needs NANOGPT_DIR=a checkout of karpathy/nanoGPT")
+def test_nanogpts_model_on_our_weights_scores_the_same_loss(tiny_run, tmp_path):
+    torch = pytest.importorskip("torch")
+    import jax
+
+    from train.sample import load_run
+
+    tmp, bins = tiny_run
+    cfg, _, params, _ = load_run(tmp / "run")
+    m = cfg.model
+    d, v = m.d_model, m.vocab_size
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
+    sd = {
+        "transformer.wte.weight": t(params["embed"]["embedding"][:v]),
+        "transformer.wpe.weight": t(params["pos_embed"]),
+        "transformer.ln_f.weight": t(params["norm_final"]["scale"]),
+    }
+    for i in range(m.n_layers):
+        p = jax.tree.map(lambda x, i=i: x[i], params["blocks"]) if m.scan_layers else params[f"block_{i}"]
+        a, h = p["attention"], f"transformer.h.{i}."
+        qkv = np.concatenate([a[n].reshape(d, d) for n in ("query", "key", "value_down")], axis=1)
+        sd[h + "attn.c_attn.weight"] = t(qkv.T)
+        sd[h + "attn.c_proj.weight"] = t(a["value_up"].reshape(d, d).T)
+        sd[h + "ln_1.weight"], sd[h + "ln_2.weight"] = t(p["norm_attention"]["scale"]), t(p["norm_mlp"]["scale"])
+        sd[h + "mlp.c_fc.weight"], sd[h + "mlp.c_proj.weight"] = t(p["mlp"]["fc_in"].T), t(p["mlp"]["fc_out"].T)
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    args = dict(n_layer=m.n_layers, n_head=m.n_heads, n_embd=d, block_size=m.max_len, bias=False, vocab_size=v)
+    torch.save({"model": sd, "model_args": {**args, "dropout": 0.0}, "iter_num": 4}, tmp_path / "ckpt.pt")
+    starts = ns.window_starts(len(bins["val"]), 30, 16, seed=3)
+    nano_dir = Path(os.environ["NANOGPT_DIR"])
+    it, theirs = ns.score_nanogpt(tmp_path / "ckpt.pt", nano_dir, bins["val"], starts, 16, batch=7)
+    _, ours = ns.score_run(tmp / "run", bins, starts, 16)
+    assert it == 4 and theirs == pytest.approx(ours, abs=1e-5)
