@@ -4,7 +4,8 @@ The statistics are checked against the standard library's ``statistics``; the sc
 ours against a float64 NumPy cross-entropy of the run's logits on windows cut independently from a
 ``val.bin`` written as nanoGPT's prepare.py writes it. The PyTorch side needs nanoGPT's own model.py,
 which is not part of the project: ``NANOGPT_DIR=/path/to/nanoGPT`` (and torch) runs the cross-check
-that nanoGPT's model, given the tiny run's weights, scores the same loss.
+that nanoGPT's model, given the tiny run's weights, scores the same loss, and that its training step (model.py,
+configure_optimizers, clipping, get_lr) moves the same weights as our train_step.
 """
 
 from __future__ import annotations
@@ -155,3 +156,69 @@ def test_nanogpts_model_on_our_weights_scores_the_same_loss(tiny_run, tmp_path):
     it, theirs = ns.score_nanogpt(tmp_path / "ckpt.pt", nano_dir, bins["val"], starts, 16, batch=7)
     _, ours = ns.score_run(tmp / "run", bins, starts, 16)
     assert it == 4 and theirs == pytest.approx(ours, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("NANOGPT_DIR"), reason="needs NANOGPT_DIR=a checkout of karpathy/nanoGPT")
+def test_nanogpts_own_training_step_equals_ours_from_the_same_weights():
+    """nanoGPT's model.py, its configure_optimizers (AdamW, decay on rank >= 2), its clipping and its get_lr
+    formula, 30 steps beside our train_step on the same batches: the parameters stay equal to 1e-5."""
+    torch = pytest.importorskip("torch")
+    import jax
+    import jax.numpy as jnp
+
+    from train.config import apply_overrides, get_preset
+    from train.step import build_steps
+
+    ng = ns.nanogpt_model(Path(os.environ["NANOGPT_DIR"]))
+    over = ["model.n_layers=2", "model.d_model=32", "model.max_len=16", "train.warmup_steps=10", "train.steps=30"]
+    cfg = apply_overrides(get_preset("shakespeare-char-cpu"), over)
+    m, tc = cfg.model, cfg.train
+    d, h, v = m.d_model, m.n_heads, m.vocab_size
+    torch.manual_seed(0)
+    args = dict(n_layer=m.n_layers, n_head=h, n_embd=d, block_size=m.max_len, bias=False, vocab_size=v, dropout=0.0)
+    tm = ng.GPT(ng.GPTConfig(**args))
+    opt = tm.configure_optimizers(tc.weight_decay, tc.lr, (tc.beta1, tc.beta2), "cpu")
+    steps = build_steps(m, tc, m.max_len)
+    state = steps.init()
+
+    def ours_from(sd):
+        p = jax.tree.map(np.array, state.params)
+        p["embed"]["embedding"][:v] = sd["transformer.wte.weight"]
+        p["pos_embed"], p["norm_final"]["scale"] = sd["transformer.wpe.weight"], sd["transformer.ln_f.weight"]
+        for i in range(m.n_layers):
+            b, pre = p[f"block_{i}"], f"transformer.h.{i}."
+            q, k, val = np.split(sd[pre + "attn.c_attn.weight"].T, 3, axis=1)
+            b["attention"].update(query=q.reshape(d, h, -1), key=k.reshape(d, h, -1), value_down=val.reshape(d, h, -1))
+            b["attention"]["value_up"] = sd[pre + "attn.c_proj.weight"].T.reshape(h, -1, d)
+            b["norm_attention"]["scale"], b["norm_mlp"]["scale"] = sd[pre + "ln_1.weight"], sd[pre + "ln_2.weight"]
+            b["mlp"]["fc_in"], b["mlp"]["fc_out"] = sd[pre + "mlp.c_fc.weight"].T, sd[pre + "mlp.c_proj.weight"].T
+        return p
+
+    def torch_params():
+        return {k: t.detach().numpy().copy() for k, t in tm.state_dict().items()}
+
+    def get_lr(it):  # nanoGPT train.py's get_lr
+        if it < tc.warmup_steps:
+            return tc.lr * (it + 1) / (tc.warmup_steps + 1)
+        ratio = (it - tc.warmup_steps) / (tc.decay_steps - tc.warmup_steps)
+        return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.lr - tc.min_lr)
+
+    state = state.replace(params=jax.tree.map(jnp.asarray, ours_from(torch_params())))
+    rng = np.random.default_rng(0)
+    for it in range(tc.steps):
+        w = rng.integers(0, v, (tc.batch_size, m.max_len + 1))
+        x, y = np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
+        for group in opt.param_groups:
+            group["lr"] = get_lr(it)
+        _, loss = tm(torch.from_numpy(x), torch.from_numpy(y))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tm.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        batch = {"inputs": jnp.asarray(x, jnp.int32), "targets": jnp.asarray(y, jnp.int32)}
+        state, metrics = steps.train_step(state, {**batch, "loss_mask": jnp.ones(x.shape, jnp.float32)})
+        assert float(metrics["loss"]) == pytest.approx(loss.item(), abs=1e-5)
+    theirs = ours_from(torch_params())
+    leaves = zip(jax.tree.leaves(theirs), jax.tree.leaves(state.params), strict=True)
+    assert max(float(np.max(np.abs(a[:v] - np.asarray(b)[:v]))) for a, b in leaves) <= 1e-5
