@@ -94,7 +94,8 @@ def test_a_run_of_ours_is_scored_on_the_windows_of_val_bin(tiny_run):
 
     tmp, bins = tiny_run
     starts = ns.window_starts(len(bins["val"]), 30, 16, seed=3)
-    step, loss = ns.score_run(tmp / "run", bins, starts, 16, batch=7)  # batches of 7: a ragged last one
+    x, y = ns.gather(bins["val"], starts, 16)
+    step, loss = ns.score_run(tmp / "run", bins, x, y, batch=7)  # batches of 7: a ragged last one
     assert step == 4
     cfg, model, params, _ = load_run(tmp / "run")
     idx = starts[:, None] + np.arange(17)
@@ -112,7 +113,19 @@ def test_a_run_trained_on_other_text_is_refused(tiny_run, tmp_path):
     tmp, _ = tiny_run
     other = _nanogpt_bins(TEXT[::-1], tmp_path)
     with pytest.raises(ValueError, match=r"train split .* is not nanoGPT's train.bin"):
-        ns.score_run(tmp / "run", other, np.zeros(1, np.int64), 16)
+        ns.score_run(tmp / "run", other, *ns.gather(other["val"], np.zeros(1, np.int64), 16))
+
+
+@pytest.mark.slow
+def test_a_runs_own_validation_batches_give_back_its_final_val_loss(tiny_run):
+    import json
+
+    tmp, bins = tiny_run
+    x, y = ns.eval_windows(tmp / "run", bins)
+    assert x.shape == (12, 16)  # train.eval_batches=1 batch of the preset's 12 windows, seq_len = max_len 16
+    final = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in final if "val_loss" in r][-1]
+    assert ns.score_run(tmp / "run", bins, x, y)[1] == pytest.approx(val, abs=1e-5)
 
 
 def test_the_command_names_a_missing_nanogpt_checkout_in_one_line(tmp_path, capsys):
@@ -153,8 +166,9 @@ def test_nanogpts_model_on_our_weights_scores_the_same_loss(tiny_run, tmp_path):
     torch.save({"model": sd, "model_args": {**args, "dropout": 0.0}, "iter_num": 4}, tmp_path / "ckpt.pt")
     starts = ns.window_starts(len(bins["val"]), 30, 16, seed=3)
     nano_dir = Path(os.environ["NANOGPT_DIR"])
-    it, theirs = ns.score_nanogpt(tmp_path / "ckpt.pt", nano_dir, bins["val"], starts, 16, batch=7)
-    _, ours = ns.score_run(tmp / "run", bins, starts, 16)
+    x, y = ns.gather(bins["val"], starts, 16)
+    it, theirs = ns.score_nanogpt(tmp_path / "ckpt.pt", nano_dir, x, y, batch=7)
+    _, ours = ns.score_run(tmp / "run", bins, x, y)
     assert it == 4 and theirs == pytest.approx(ours, abs=1e-5)
 
 

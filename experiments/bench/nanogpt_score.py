@@ -9,7 +9,10 @@ validated on exactly nanoGPT's token ids (its train split equals train.bin, its 
 
     python -m experiments.bench.nanogpt_score --nanogpt-dir ~/nanoGPT \\
         --nanogpt-ckpt ~/nanoGPT/out-1337/ckpt.pt ~/nanoGPT/out-1338/ckpt.pt \\
-        --runs runs/shk-0 runs/shk-1 [--windows 400 --block 64 --window-seed 0]
+        --runs runs/shk-0 runs/shk-1 [--windows 400 --block 64 --window-seed 0 | --windows-of runs/shk-0]
+
+``--windows-of RUN`` scores both sides on that run's own fixed validation batches instead (the ones its
+evaluation and its success criterion read: ``train.eval_batches`` batches of its data seed).
 
 It prints each checkpoint's step and mean validation loss (over all windows x block predicted
 tokens), then each side's mean over seeds, its standard error (sample standard deviation / sqrt(n)),
@@ -92,18 +95,10 @@ def read_bins(data_dir: Path) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- the two sides
-def score_run(run_dir, bins: dict[str, np.ndarray], starts: np.ndarray, block: int, batch: int = 50):
-    """(step, mean validation loss) of a run of ours: its newest checkpoint on the windows ``starts`` of val.bin.
-
-    Raises ValueError if the run's data are not nanoGPT's token ids (train and val splits compared)."""
-    import jax
-    import jax.numpy as jnp
-
-    from train.checkpoint import Checkpointer
+def run_data(run_dir, bins: dict[str, np.ndarray]):
+    """(RunConfig, dataset) of a run of ours, checked to hold nanoGPT's token ids (train and val splits)."""
     from train.config import load_run_config
     from train.data import load_dataset_for_run
-    from train.loop import CHECKPOINT_DIR
-    from train.sample import load_params
 
     cfg = load_run_config(run_dir)
     ds = load_dataset_for_run(run_dir, cfg.data, cfg.seq_len)
@@ -114,6 +109,36 @@ def score_run(run_dir, bins: dict[str, np.ndarray], starts: np.ndarray, block: i
                 f"{run_dir}: its {split} split ({len(ours)} tokens) is not nanoGPT's {split}.bin ({len(theirs)}): "
                 f"train both on the same text (data.path= the input.txt nanoGPT's prepare.py read)"
             )
+    return cfg, ds
+
+
+def eval_windows(run_dir, bins: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) int64 [eval_batches * batch_size, seq_len]: the validation batches ``run_dir``'s own
+    evaluation reads (train/loop.py's evaluate), so its final val_loss is their mean loss."""
+    from train.loop import EVAL_OFFSET
+
+    cfg, ds = run_data(run_dir, bins)
+    tc = cfg.train
+    batches = [ds.batch("val", EVAL_OFFSET + i, tc.batch_size, cfg.seq_len) for i in range(tc.eval_batches)]
+    if any(not b["loss_mask"].all() for b in batches):
+        raise ValueError(f"{run_dir}: its validation batches mask some positions; only text runs can be compared")
+    x, y = (np.concatenate([b[k] for b in batches]).astype(np.int64) for k in ("inputs", "targets"))
+    return x, y
+
+
+def score_run(run_dir, bins: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, batch: int = 50):
+    """(step, mean validation loss) of a run of ours: its newest checkpoint on the windows (x, y) [W, block].
+
+    Raises ValueError if the run's data are not nanoGPT's token ids (train and val splits compared)."""
+    import jax
+    import jax.numpy as jnp
+
+    from train.checkpoint import Checkpointer
+    from train.loop import CHECKPOINT_DIR
+    from train.sample import load_params
+
+    cfg, _ = run_data(run_dir, bins)
+    block = x.shape[1]
     if block > cfg.model.max_len:
         raise ValueError(f"{run_dir}: --block {block} exceeds the model's max_len {cfg.model.max_len}")
     model, params = load_params(run_dir, cfg)
@@ -125,7 +150,6 @@ def score_run(run_dir, bins: dict[str, np.ndarray], starts: np.ndarray, block: i
         logp = jax.nn.log_softmax(model.apply({"params": params}, x).astype(jnp.float32), axis=-1)
         return -jnp.take_along_axis(logp, y[..., None], axis=-1).sum()
 
-    x, y = gather(bins["val"], starts, block)
     total = sum(
         float(loss_sum(params, jnp.asarray(x[i : i + batch], jnp.int32), jnp.asarray(y[i : i + batch], jnp.int32)))
         for i in range(0, len(x), batch)
@@ -146,8 +170,8 @@ def nanogpt_model(nanogpt_dir: Path):
     return mod
 
 
-def score_nanogpt(ckpt_path, nanogpt_dir: Path, val: np.ndarray, starts: np.ndarray, block: int, batch: int = 50):
-    """(iter_num, mean validation loss) of one nanoGPT ``ckpt.pt``, loaded with nanoGPT's own model.py."""
+def score_nanogpt(ckpt_path, nanogpt_dir: Path, x: np.ndarray, y: np.ndarray, batch: int = 50):
+    """(iter_num, mean validation loss) of one nanoGPT ``ckpt.pt`` on the windows (x, y), with nanoGPT's model.py."""
     import torch
 
     nanogpt = nanogpt_model(nanogpt_dir)
@@ -157,13 +181,13 @@ def score_nanogpt(ckpt_path, nanogpt_dir: Path, val: np.ndarray, starts: np.ndar
         args = ckpt["model_args"]
     except (OSError, RuntimeError, KeyError, TypeError) as e:
         raise ValueError(f"{ckpt_path} is not a nanoGPT ckpt.pt ({type(e).__name__}: {str(e)[:80]})") from None
+    block = x.shape[1]
     if block > args["block_size"]:
         raise ValueError(f"{ckpt_path}: --block {block} exceeds the checkpoint's block_size {args['block_size']}")
     model = nanogpt.GPT(nanogpt.GPTConfig(**args))
     state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
     model.load_state_dict(state)
     model.eval()
-    x, y = gather(val, starts, block)
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch):
@@ -174,9 +198,9 @@ def score_nanogpt(ckpt_path, nanogpt_dir: Path, val: np.ndarray, starts: np.ndar
 
 
 # ---------------------------------------------------------------------------- command line
-def report(nano: list[tuple[str, int, float]], ours: list[tuple[str, int, float]], windows: int, block: int) -> str:
+def report(nano: list[tuple[str, int, float]], ours: list[tuple[str, int, float]], windows: str) -> str:
     """The markdown table of every scored checkpoint, each side's mean and SE, the difference and the verdict."""
-    lines = [f"| side | checkpoint | step | val loss ({windows} windows x {block}) |", "|---|---|---:|---:|"]
+    lines = [f"| side | checkpoint | step | val loss ({windows}) |", "|---|---|---:|---:|"]
     lines += [f"| nanoGPT | {name} | {step} | {loss:.4f} |" for name, step, loss in nano]
     lines += [f"| this project | {name} | {step} | {loss:.4f} |" for name, step, loss in ours]
     c = compare([r[2] for r in nano], [r[2] for r in ours])
@@ -209,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=400, help="validation windows (default: %(default)s)")
     p.add_argument("--block", type=int, default=64, help="window length (default: %(default)s)")
     p.add_argument("--window-seed", type=int, default=0, help="seed of the window starts (default: %(default)s)")
+    p.add_argument("--windows-of", type=Path, metavar="RUN", help="score on RUN's own validation batches instead")
     args = p.parse_args(argv)
     try:
         if not (args.nanogpt_dir / "model.py").is_file():
@@ -217,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch  # noqa: F401
         except ImportError:
             raise ValueError("nanoGPT's checkpoints need torch: pip install -e '.[bench]'") from None
-        for path in [*args.nanogpt_ckpt, *args.runs]:
+        for path in [*args.nanogpt_ckpt, *args.runs, *([args.windows_of] if args.windows_of else [])]:
             if not path.exists():
                 raise ValueError(f"{path} not found")
         if args.windows < 1 or args.block < 1:
@@ -225,15 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.nanogpt_ckpt) < 2 or len(args.runs) < 2:
             raise ValueError("a standard error needs at least 2 checkpoints per side: pass more seeds")
         bins = read_bins(args.nanogpt_dir / "data" / args.dataset)
-        starts = window_starts(len(bins["val"]), args.windows, args.block, args.window_seed)
-        nano = [
-            (str(c), *score_nanogpt(c, args.nanogpt_dir, bins["val"], starts, args.block)) for c in args.nanogpt_ckpt
-        ]
-        ours = [(str(r), *score_run(r, bins, starts, args.block)) for r in args.runs]
+        if args.windows_of is not None:
+            x, y = eval_windows(args.windows_of, bins)
+            what = f"{args.windows_of}'s {len(x)} validation windows x {x.shape[1]}"
+        else:
+            x, y = gather(
+                bins["val"], window_starts(len(bins["val"]), args.windows, args.block, args.window_seed), args.block
+            )
+            what = f"{args.windows} windows x {args.block}, window seed {args.window_seed}"
+        nano = [(str(c), *score_nanogpt(c, args.nanogpt_dir, x, y)) for c in args.nanogpt_ckpt]
+        ours = [(str(r), *score_run(r, bins, x, y)) for r in args.runs]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report(nano, ours, args.windows, args.block))
+    print(report(nano, ours, what))
     return 0
 
 
