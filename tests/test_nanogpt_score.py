@@ -10,6 +10,7 @@ configure_optimizers, clipping, get_lr) moves the same weights as our train_step
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -117,9 +118,17 @@ def test_a_run_trained_on_other_text_is_refused(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_runs_own_validation_batches_give_back_its_final_val_loss(tiny_run):
-    import json
+def test_a_run_of_another_task_is_refused(tiny_run, tmp_path):
+    from train.config import get_preset
 
+    _, bins = tiny_run
+    (tmp_path / "config.json").write_text(json.dumps(get_preset("copy").to_dict()))
+    with pytest.raises(ValueError, match="is a 'copy' run: only text runs"):
+        ns.run_data(tmp_path, bins)
+
+
+@pytest.mark.slow
+def test_a_runs_own_validation_batches_give_back_its_final_val_loss(tiny_run):
     tmp, bins = tiny_run
     x, y = ns.eval_windows(tmp / "run", bins)
     assert x.shape == (12, 16)  # train.eval_batches=1 batch of the preset's 12 windows, seq_len = max_len 16

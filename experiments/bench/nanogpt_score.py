@@ -101,6 +101,8 @@ def run_data(run_dir, bins: dict[str, np.ndarray]):
     from train.data import load_dataset_for_run
 
     cfg = load_run_config(run_dir)
+    if cfg.data.task != "text":
+        raise ValueError(f"{run_dir} is a {cfg.data.task!r} run: only text runs can be scored on nanoGPT's val.bin")
     ds = load_dataset_for_run(run_dir, cfg.data, cfg.seq_len)
     for split, theirs in bins.items():
         ours = np.asarray(ds.split_tokens(split))
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             what = f"{args.windows} windows x {args.block}, window seed {args.window_seed}"
         nano = [(str(c), *score_nanogpt(c, args.nanogpt_dir, x, y)) for c in args.nanogpt_ckpt]
         ours = [(str(r), *score_run(r, bins, x, y)) for r in args.runs]
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # SetupError is a ValueError; a run without checkpoints
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report(nano, ours, what))
