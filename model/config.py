@@ -184,9 +184,20 @@ class ModelConfig(ConfigBase):
 # GPT-2 small (Radford et al. 2019) and GPT-3 175B (Brown et al. 2020, Table 2.1).
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(vocab_size=64, max_len=32, n_layers=2, d_model=32, n_heads=4),
-    "shakespeare-char-cpu": ModelConfig(vocab_size=65, max_len=64, n_layers=4, d_model=128, n_heads=4),
+    # nanoGPT's MLP is nn.GELU() (exact, erf) and its LayerNorm PyTorch's eps 1e-5 (issue 17, item 6)
+    "shakespeare-char-cpu": ModelConfig(
+        vocab_size=65, max_len=64, n_layers=4, d_model=128, n_heads=4, gelu="exact", norm_eps=1e-5
+    ),
     "shakespeare-char": ModelConfig(
-        vocab_size=65, max_len=256, n_layers=6, d_model=384, n_heads=6, dropout=0.2, attention_dropout=0.0
+        vocab_size=65,
+        max_len=256,
+        n_layers=6,
+        d_model=384,
+        n_heads=6,
+        dropout=0.2,
+        attention_dropout=0.0,
+        gelu="exact",
+        norm_eps=1e-5,
     ),
     "gpt2-small": ModelConfig(
         vocab_size=50257, max_len=1024, n_layers=12, d_model=768, n_heads=12, use_bias=True, dropout=0.1

@@ -55,7 +55,7 @@ def _copy_weights(tmodel, params, cfg: ModelConfig):
         return torch.from_numpy(np.array(x, dtype=np.float32))
 
     with torch.no_grad():
-        tmodel.wte.weight.copy_(t(params["embed"]["embedding"]))
+        tmodel.wte.weight.copy_(t(params["embed"]["embedding"][: cfg.vocab_size]))  # the padded rows never count
         tmodel.wpe.weight.copy_(t(params["pos_embed"]))
         tmodel.ln_f.weight.copy_(t(params["norm_final"]["scale"]))
         for i, block in enumerate(tmodel.blocks):

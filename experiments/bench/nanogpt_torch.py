@@ -26,8 +26,8 @@ def make_model(m, seed: int = 0, *, gelu: str = "none", eps: float = 1e-5):
     """nanoGPT's GPT (see the module docstring) for the ModelConfig ``m``; ``forward(idx, targets=None)``
     returns the logits ``[B, T, V]``, or the mean cross-entropy when ``targets`` are given.
 
-    ``gelu='tanh'`` and ``eps=1e-6`` give this project's GELU and LayerNorm (the tests compare logits);
-    the defaults are nanoGPT's (exact GELU, PyTorch's eps 1e-5)."""
+    ``gelu='tanh'`` and ``eps=1e-6`` give ModelConfig's default GELU and LayerNorm (the tests compare logits);
+    the defaults are nanoGPT's (exact GELU, PyTorch's eps 1e-5), which the shakespeare-char presets use."""
     import torch
     import torch.nn.functional as F
     from torch import nn
