@@ -189,7 +189,7 @@ def score_nanogpt(ckpt_path, nanogpt_dir: Path, x: np.ndarray, y: np.ndarray, ba
     model = nanogpt.GPT(nanogpt.GPTConfig(**args))
     state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
     model.load_state_dict(state)
-    model.eval()
+    model.train(False)  # inference mode (dropout off), as nanoGPT's eval
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch):
