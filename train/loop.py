@@ -448,7 +448,8 @@ def _train(
     ``exit_on_early_signal`` (the command line): SIGINT/SIGTERM before the first step is done end the process
     within moments, even during compilation, removing what a fresh run had written (see SignalCatcher).
     ``progress``: tqdm bar (None: only on a terminal). ``wandb``: log to W&B too (train/report.py).
-    ``state_sharding`` / ``batch_sharding``: see train/step.py; without them the run uses ``cfg.mesh`` and ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
+    ``state_sharding`` / ``batch_sharding``: see train/step.py; without them the run uses ``cfg.mesh`` and
+    ``cfg.sharding`` (train/distributed.py), entered into ``scope``.
     """
     made: list[_Run] = []  # the run once set up: what an early signal or error has to clean up
 
